@@ -1,0 +1,56 @@
+"""The agentguard demo: the catalog of silent failures, one at a time, offline.
+
+Each section is a standalone example in this folder (run any of them on its own); this script
+runs them in the catalog's order with a header for each.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# (file, title): each file has a main() that prints its story.
+SECTIONS: list[tuple[str, str]] = [
+    ("budget_leak.py", "3. Budget leaks through agent loops"),
+]
+
+
+def _load(path: Path) -> object:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load example {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Short(logging.Formatter):
+    """Alerts and warnings as one short line each, so the story stays readable."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage().replace("agentguard alert ", "ALERT ")
+        return f"  [{record.levelname.lower()}] {text[:150]}{'...' if len(text) > 150 else ''}"
+
+
+def main() -> int:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_Short())
+    logging.getLogger("agentguard").addHandler(handler)
+    logging.getLogger("agentguard").propagate = False
+    only = sys.argv[1:]
+    for filename, title in SECTIONS:
+        if only and not any(o in filename for o in only):
+            continue
+        bar = "=" * 78
+        print(f"\n{bar}\n{title}\n{bar}")
+        module = _load(HERE / filename)
+        module.main()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

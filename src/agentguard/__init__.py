@@ -1,0 +1,77 @@
+"""agentguard: guardrails for LLM agents in production.
+
+Every name a user needs is re-exported here; the logic lives in one module per concept.
+"""
+
+from __future__ import annotations
+
+from ._config import Clock, configure, configure_route, get_config
+from .alerts import Alert, on_alert, remove_alert_hook
+from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
+from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
+from .errors import (
+    AgentGuardError,
+    ArgumentProblem,
+    BudgetError,
+    BudgetExceeded,
+    BudgetUnavailable,
+    BypassError,
+    ConfigurationError,
+    ContentAnomaly,
+    ContractViolation,
+    CorrectionsExhausted,
+    LoopDetected,
+    NoActivePool,
+    RetriesExhausted,
+    ToolArgumentError,
+    UnknownPrice,
+)
+from .usage import Price, Usage, genai_price, read_usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # budget
+    "BudgetPool",
+    "Reservation",
+    "LedgerRow",
+    "PoolSnapshot",
+    "current_pool",
+    "charge",
+    # calls
+    "llm_call",
+    "tool_call",
+    "record_usage",
+    "current_call",
+    "CallInfo",
+    # usage and price
+    "Usage",
+    "Price",
+    "read_usage",
+    "genai_price",
+    # configuration and alerts
+    "configure",
+    "configure_route",
+    "get_config",
+    "Clock",
+    "Alert",
+    "on_alert",
+    "remove_alert_hook",
+    # errors
+    "AgentGuardError",
+    "ConfigurationError",
+    "UnknownPrice",
+    "BudgetError",
+    "BudgetExceeded",
+    "LoopDetected",
+    "BudgetUnavailable",
+    "NoActivePool",
+    "ArgumentProblem",
+    "ToolArgumentError",
+    "CorrectionsExhausted",
+    "ContractViolation",
+    "ContentAnomaly",
+    "RetriesExhausted",
+    "BypassError",
+]

@@ -1,0 +1,1050 @@
+"""The shared budget pool: one per run, charged before every innermost call.
+
+A `BudgetPool` lives in one `contextvars.ContextVar`. Entering a pool while another is active
+makes it a *child*: each charge is checked against and applied to the child and all of its
+ancestors atomically (one lock per pool tree), so a sub-agent that declares a bigger budget
+still stops when its parent runs out. A refusal *stops* the pool that refused: every later
+charge on it or on any of its descendants is refused too, so a framework that swallows the
+first `BudgetExceeded` cannot keep spending.
+
+What is only known after a call (tokens, cost) is *reserved* before it and *settled* after
+it (`pool.reserve(...)` -> `Reservation.settle(...)` / `.release()`), so concurrent calls
+can never jointly overspend and no phantom reservation outlives its call.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast, overload
+
+from typing_extensions import ParamSpec, Self
+
+from . import _config
+from ._redact import describe_args
+from .alerts import Alert, emit_alert
+from .errors import (
+    BudgetExceeded,
+    ConfigurationError,
+    LoopDetected,
+    NoActivePool,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = [
+    "STANDARD_DIMENSIONS",
+    "BudgetPool",
+    "Reservation",
+    "LedgerRow",
+    "PoolSnapshot",
+    "current_pool",
+    "charge",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+STANDARD_DIMENSIONS: tuple[str, ...] = (
+    "llm_calls",
+    "tool_calls",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_usd",
+    "wall_seconds",
+)
+_COUNTED = STANDARD_DIMENSIONS[:-1]  # wall_seconds is measured, not charged
+_EPS = 1e-9
+_INHERIT: Any = object()
+DEFAULT_LOOP_LIMIT = 3
+DEFAULT_LOOP_WINDOW = 256
+
+_current: ContextVar[BudgetPool | None] = ContextVar("agentguard_pool", default=None)
+_ids = itertools.count(1)
+
+# Listeners (the store, dead letters): called outside the lock, never inside the hot path.
+_stop_listeners: list[Callable[[BudgetPool, BudgetExceeded, BudgetPool], None]] = []
+_close_listeners: list[Callable[[BudgetPool, BaseException | None], None]] = []
+
+_TOOL_CHARGE: Mapping[str, float] = {"tool_calls": 1}
+_EPOCH_OFFSET = time.time() - time.perf_counter()
+_now = time.perf_counter
+"""Ledger rows store `perf_counter()` (one cheap clock read); `ts` adds `_EPOCH_OFFSET`."""
+_LLM_CHARGE: Mapping[str, float] = {"llm_calls": 1}
+
+
+def _first(item: tuple[str, Any]) -> str:
+    return item[0]
+
+
+class LedgerRow(NamedTuple):
+    """One guarded event: what was spent, where, and how it ended.
+
+    `amounts` are the *spent* deltas this row applied (reservations are not spending); for
+    every pool, `spent` equals the sum of the `amounts` of the rows charged to it or to any of
+    its descendants. `flags` marks gaps (`usage_unknown`, `cost_unknown`, `overrun`, ...).
+    """
+
+    ts: float
+    run_id: str
+    pool: str
+    pool_path: str
+    route: str | None
+    kind: str
+    amounts: Mapping[str, float]
+    outcome: str
+    duration: float | None
+    flags: tuple[str, ...]
+    detail: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """A point-in-time view of a pool and its children, for reports and tests."""
+
+    name: str
+    path: str
+    run_id: str
+    limits: Mapping[str, float]
+    spent: Mapping[str, float]
+    reserved: Mapping[str, float]
+    remaining: Mapping[str, float]
+    stopped: bool
+    stop_reason: str | None
+    children: tuple[PoolSnapshot, ...] = field(default_factory=tuple)
+
+    def render(self, indent: str = "") -> str:
+        """A readable tree: one line per pool, limited dimensions as spent/limit."""
+        parts = []
+        for dim, limit in self.limits.items():
+            spent = self.spent.get(dim, 0.0)
+            parts.append(f"{dim} {_num(spent)}/{_num(limit)}")
+        counted = [
+            f"{dim} {_num(v)}"
+            for dim, v in self.spent.items()
+            if dim not in self.limits and v and dim != "wall_seconds"
+        ]
+        state = "STOPPED" if self.stopped else "ok"
+        line = f"{indent}{self.name} [{state}] " + ", ".join(parts + counted)
+        lines = [line.rstrip()]
+        if self.stop_reason and self.stopped:
+            lines.append(f"{indent}  stopped: {self.stop_reason.split('. ')[0]}")
+        for child in self.children:
+            lines.append(child.render(indent + "  "))
+        return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+class BudgetPool:
+    """A budget for one run, shared by everything that runs inside it.
+
+    Use it as `with BudgetPool(...):` or `async with BudgetPool(...):`. Every dimension is
+    optional (None = unlimited, but still counted). Thread-safe; one lock per pool tree.
+
+    Args:
+        llm_calls, tool_calls: call counts charged by `@ag.llm_call` / `@ag.tool_call`.
+        input_tokens, output_tokens, total_tokens, cost_usd: reserved before an LLM call
+            and settled from its response.
+        wall_seconds: the run is refused its next call once this much monotonic time has
+            passed since the pool was entered.
+        custom: extra counters, e.g. `{"emails_sent": 5}`, charged with `ag.charge(...)`.
+        name: shown in errors, reports and the ledger.
+        warn_at: fraction of any limit at which a `budget.warn` alert fires (None: never).
+        loop_limit: how many identical calls (same tool, same arguments) are allowed within
+            the last `loop_window` tool calls of the run; None disables the loop guard.
+            Children inherit their parent's setting unless given one.
+        backend: a distributed backend (e.g. `ag.RedisBackend(...)`); None keeps the pool in
+            this process's memory.
+    """
+
+    def __init__(
+        self,
+        *,
+        llm_calls: int | None = None,
+        tool_calls: int | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        total_tokens: int | None = None,
+        cost_usd: float | None = None,
+        wall_seconds: float | None = None,
+        custom: Mapping[str, float] | None = None,
+        name: str | None = None,
+        warn_at: float | None = 0.8,
+        loop_limit: int | None = _INHERIT,
+        loop_window: int = DEFAULT_LOOP_WINDOW,
+        backend: Any = None,
+    ) -> None:
+        self.id = next(_ids)
+        self.name = name or f"pool-{self.id}"
+        limits: dict[str, float] = {}
+        given = {
+            "llm_calls": llm_calls,
+            "tool_calls": tool_calls,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": total_tokens,
+            "cost_usd": cost_usd,
+        }
+        for dim, value in given.items():
+            if value is not None:
+                limits[dim] = self._check_limit(dim, value)
+        for dim, value in (custom or {}).items():
+            if dim in STANDARD_DIMENSIONS:
+                raise ConfigurationError(
+                    f"BudgetPool {self.name!r}: custom counter {dim!r} clashes with the "
+                    f"standard dimension of the same name; pass it as {dim}=... instead."
+                )
+            if not dim.isidentifier():
+                raise ConfigurationError(
+                    f"BudgetPool {self.name!r}: custom counter name {dim!r} must be a Python "
+                    f"identifier (it is charged as ag.charge({dim}=1))."
+                )
+            limits[dim] = self._check_limit(dim, value)
+        if warn_at is not None and not 0 < warn_at <= 1:
+            raise ConfigurationError(
+                f"BudgetPool {self.name!r}: warn_at must be in (0, 1] or None, got {warn_at!r}."
+            )
+        if loop_limit is not _INHERIT and loop_limit is not None and loop_limit < 1:
+            raise ConfigurationError(
+                f"BudgetPool {self.name!r}: loop_limit must be a positive int or None, got "
+                f"{loop_limit!r}."
+            )
+        if loop_window < 1:
+            raise ConfigurationError(
+                f"BudgetPool {self.name!r}: loop_window must be >= 1, got {loop_window!r}."
+            )
+        self.limits: Mapping[str, float] = limits
+        self.custom_dimensions: frozenset[str] = frozenset(custom or {})
+        self.warn_at = warn_at
+        self._wall_limit = (
+            self._check_limit("wall_seconds", wall_seconds) if wall_seconds is not None else None
+        )
+        self._loop_limit_given = loop_limit
+        self._loop_limit: int | None = DEFAULT_LOOP_LIMIT if loop_limit is _INHERIT else loop_limit
+        self._loop_window = loop_window
+        self.backend = backend
+        self._spent: dict[str, float] = dict.fromkeys(_COUNTED, 0.0)
+        self._reserved: dict[str, float] = dict.fromkeys(_COUNTED, 0.0)
+        for dim in self.custom_dimensions:
+            self._spent[dim] = 0.0
+            self._reserved[dim] = 0.0
+        self._warn_marks: dict[str, float] = (
+            {dim: limit * warn_at for dim, limit in limits.items()} if warn_at else {}
+        )
+        self._stopped: BudgetExceeded | None = None
+        self._children: list[BudgetPool] = []
+        self._tokens: list[Any] = []
+        self._charged = False
+        self._closed = False
+        # root state (re-pointed when the pool is entered under a parent)
+        self._parent: BudgetPool | None = None
+        self._root: BudgetPool = self
+        self._chain: tuple[BudgetPool, ...] = (self,)
+        self._lock: threading.Lock = threading.Lock()
+        self.run_id: str = uuid.uuid4().hex[:16]
+        self.path = self.name
+        self._ledger: list[tuple[Any, ...]] = []
+        self._loop_counts: dict[int, int] = {}
+        self._loop_recent: deque[int] = deque(maxlen=loop_window)
+        self.provenance: dict[str, deque[Any]] = {}
+        self._started = _config.get_config().clock.monotonic()
+        self._deadline: float | None = (
+            self._started + self._wall_limit if self._wall_limit is not None else None
+        )
+        self._has_deadline = self._deadline is not None
+        self._chain_deadline = self._has_deadline
+        self._remote = backend is not None
+        self._tool_limit: float | None = limits.get("tool_calls")
+        self._tool_warn: float | None = self._warn_marks.get("tool_calls")
+
+    @staticmethod
+    def _check_limit(dim: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigurationError(
+                f"BudgetPool limit {dim}= must be a number or None, got {value!r}."
+            )
+        if value < 0 or value != value:
+            raise ConfigurationError(
+                f"BudgetPool limit {dim}= must be >= 0, got {value!r}. Use None for unlimited."
+            )
+        return float(value)
+
+    # -- tree ------------------------------------------------------------------------------
+
+    @property
+    def parent(self) -> BudgetPool | None:
+        return self._parent
+
+    @property
+    def root(self) -> BudgetPool:
+        return self._root
+
+    @property
+    def children(self) -> tuple[BudgetPool, ...]:
+        with self._lock:
+            return tuple(self._children)
+
+    def _attach(self, parent: BudgetPool | None) -> None:
+        if parent is None or parent is self._parent or parent is self:
+            return
+        if self._charged or self._parent is not None:
+            where = (
+                f"under {self._parent.name!r}" if self._parent else "as a root pool (it has spent)"
+            )
+            raise ConfigurationError(
+                f"BudgetPool {self.name!r} is already in use {where} and cannot be re-entered "
+                f"under {parent.name!r}. Fix: create a new BudgetPool for each sub-agent run, "
+                f"and use pool.bind(fn) to hand a pool to another thread."
+            )
+        if self in parent._chain:
+            raise ConfigurationError(
+                f"BudgetPool {self.name!r} cannot be entered under its own descendant "
+                f"{parent.name!r}."
+            )
+        root = parent._root
+        with root._lock:
+            self._parent = parent
+            self._root = root
+            self._chain = (self, *parent._chain)
+            self._lock = root._lock
+            self.run_id = root.run_id
+            self.path = f"{parent.path}/{self.name}"
+            self._ledger = root._ledger
+            self._loop_counts = root._loop_counts
+            self._loop_recent = root._loop_recent
+            self.provenance = root.provenance
+            self._chain_deadline = any(p._wall_limit is not None for p in self._chain)
+            self._remote = any(p.backend is not None for p in self._chain)
+            if self._loop_limit_given is _INHERIT:
+                self._loop_limit = parent._loop_limit
+            parent._children.append(self)
+
+    def _enter(self) -> Self:
+        parent = _current.get()
+        if not self._tokens:
+            self._attach(parent)
+            if not self._charged:
+                self._started = _config.get_config().clock.monotonic()
+                if self._wall_limit is not None:
+                    self._deadline = self._started + self._wall_limit
+        self._tokens.append(_current.set(self))
+        return self
+
+    def _exit(self, exc: BaseException | None) -> None:
+        token = self._tokens.pop()
+        _current.reset(token)
+        if not self._tokens and self._parent is None:
+            self._closed = True
+            for listener in list(_close_listeners):
+                listener(self, exc)
+
+    def __enter__(self) -> Self:
+        return self._enter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> Self:
+        return self._enter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    @overload
+    def bind(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def bind(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+    def bind(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Wrap `fn` so that it runs with this pool active, wherever it is called from.
+
+        For raw `threading.Thread` targets, callbacks and executors that do not carry the
+        caller's context (Python copies contexts into asyncio tasks, `asyncio.to_thread` and
+        `contextvars.copy_context().run`, but not into `threading.Thread`).
+        """
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def bound_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                token = _current.set(self)
+                try:
+                    return await fn(*args, **kwargs)
+                finally:
+                    _current.reset(token)
+
+            return bound_async
+
+        @functools.wraps(fn)
+        def bound(*args: P.args, **kwargs: P.kwargs) -> Any:
+            token = _current.set(self)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _current.reset(token)
+
+        return bound
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        """True once this pool or an ancestor has refused a charge."""
+        return any(p._stopped is not None for p in self._chain)
+
+    @property
+    def stop_error(self) -> BudgetExceeded | None:
+        """The refusal that stopped this pool (or the nearest stopped ancestor)."""
+        for p in self._chain:
+            if p._stopped is not None:
+                return p._stopped
+        return None
+
+    def _elapsed(self) -> float:
+        return _config.get_config().clock.monotonic() - self._started
+
+    @property
+    def spent(self) -> dict[str, float]:
+        """What this pool and its descendants have spent, by dimension (a copy)."""
+        with self._lock:
+            spent = dict(self._spent)
+        spent["wall_seconds"] = self._elapsed()
+        return spent
+
+    @property
+    def reserved(self) -> dict[str, float]:
+        """Estimates held by calls in flight (a copy); zero once every call has settled."""
+        with self._lock:
+            return {k: v for k, v in self._reserved.items() if v}
+
+    @property
+    def remaining(self) -> dict[str, float]:
+        """For each limited dimension: limit - spent - reserved (never below zero)."""
+        with self._lock:
+            rem = {
+                dim: max(0.0, limit - self._spent.get(dim, 0.0) - self._reserved.get(dim, 0.0))
+                for dim, limit in self.limits.items()
+            }
+        if self._wall_limit is not None:
+            rem["wall_seconds"] = max(0.0, self._wall_limit - self._elapsed())
+        return rem
+
+    @property
+    def all_limits(self) -> dict[str, float]:
+        limits = dict(self.limits)
+        if self._wall_limit is not None:
+            limits["wall_seconds"] = self._wall_limit
+        return limits
+
+    def snapshot(self) -> PoolSnapshot:
+        """This pool and its descendants, as plain data."""
+        with self._lock:
+            children = tuple(self._children)
+        stop = self.stop_error
+        return PoolSnapshot(
+            name=self.name,
+            path=self.path,
+            run_id=self.run_id,
+            limits=self.all_limits,
+            spent=self.spent,
+            reserved=self.reserved,
+            remaining=self.remaining,
+            stopped=stop is not None,
+            stop_reason=str(stop) if stop is not None else None,
+            children=tuple(c.snapshot() for c in children),
+        )
+
+    def tree(self) -> str:
+        """A readable report of this pool and its descendants."""
+        return self.snapshot().render()
+
+    @property
+    def ledger(self) -> list[LedgerRow]:
+        """Every row of this run's ledger charged to this pool or a descendant (a copy)."""
+        with self._lock:
+            raw = list(self._ledger)
+        rows = [_materialize(r) for r in raw]
+        if self._parent is None:
+            return rows
+        prefix = self.path
+        return [r for r in rows if r.pool_path == prefix or r.pool_path.startswith(prefix + "/")]
+
+    def __repr__(self) -> str:
+        limits = ", ".join(f"{k}={_num(v)}" for k, v in self.all_limits.items())
+        return f"BudgetPool({self.name!r}, {limits})"
+
+    # -- charging --------------------------------------------------------------------------
+
+    def _refusal(
+        self,
+        p: BudgetPool,
+        dim: str,
+        requested: float,
+        route: str | None,
+        function: str | None,
+    ) -> BudgetExceeded:
+        return BudgetExceeded(
+            pool=p.name,
+            dimension=dim,
+            limit=p.limits.get(dim),
+            spent=p._spent.get(dim, 0.0),
+            reserved=p._reserved.get(dim, 0.0),
+            requested=requested,
+            route=route,
+            function=function,
+            charged_pool=self.name,
+        )
+
+    def _already_stopped(
+        self, p: BudgetPool, route: str | None, function: str | None
+    ) -> BudgetExceeded:
+        first = cast(BudgetExceeded, p._stopped)
+        call = f"function {function!r}" if function else "a direct ag.charge()"
+        if route:
+            call += f", route {route!r}"
+        err = BudgetExceeded(
+            f"budget pool {p.name!r} is stopped since an earlier refusal, so the call from "
+            f"{call} was refused before it started (a stopped pool never resumes, even if the "
+            f"first error was caught). The first refusal: {first}",
+            pool=p.name,
+            dimension=first.dimension,
+            limit=first.limit,
+            spent=p._spent.get(first.dimension, first.spent),
+            requested=0.0,
+            route=route,
+            function=function,
+            charged_pool=self.name,
+            stopped_earlier=True,
+        )
+        err.__cause__ = first
+        return err
+
+    def _wall_refusal(
+        self, p: BudgetPool, now: float, route: str | None, function: str | None
+    ) -> BudgetExceeded:
+        return BudgetExceeded(
+            pool=p.name,
+            dimension="wall_seconds",
+            limit=p._wall_limit,
+            spent=now - p._started,
+            requested=0.0,
+            route=route,
+            function=function,
+            charged_pool=self.name,
+        )
+
+    def _charge_tool(
+        self,
+        tool: str,
+        route: str | None,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        loop_limit: int | None,
+    ) -> None:
+        """Hot path: one tool call, loop guard included. Raises; never returns a refusal."""
+        if self._remote:
+            self._remote_admit(_TOOL_CHARGE, {}, route, tool)
+            return
+        loop_key = 0
+        if loop_limit is not None:
+            try:
+                loop_key = hash((tool, args, frozenset(kwargs.items()))) if kwargs else hash(args)
+            except TypeError:  # unhashable arguments (dicts, lists): hash their repr instead
+                loop_key = hash((repr(args), repr(sorted(kwargs.items(), key=_first))))
+            loop_key ^= hash(tool)
+        err: BudgetExceeded | None = None
+        stopped: BudgetPool | None = None
+        warns: list[tuple[BudgetPool, str]] | None = None
+        now = _config._config.clock.monotonic() if self._chain_deadline else 0.0
+        chain = self._chain
+        lock = self._lock
+        lock.acquire()
+        try:
+            for p in chain:
+                if p._stopped is not None:
+                    err = self._already_stopped(p, route, tool)
+                    break
+                if p._has_deadline and now > p._deadline:  # type: ignore[operator]
+                    err, stopped = self._wall_refusal(p, now, route, tool), p
+                    break
+                limit = p._tool_limit
+                if limit is not None and (
+                    p._spent["tool_calls"] + p._reserved["tool_calls"] + 1 > limit + _EPS
+                ):
+                    err, stopped = self._refusal(p, "tool_calls", 1, route, tool), p
+                    break
+            else:
+                if loop_limit is not None:
+                    counts = self._loop_counts
+                    n = counts.get(loop_key, 0) + 1
+                    if n > loop_limit:
+                        err = LoopDetected(
+                            pool=self.name,
+                            tool=tool,
+                            arguments=describe_args(args, kwargs),
+                            count=n,
+                            loop_limit=loop_limit,
+                            route=route,
+                        )
+                        stopped = self
+                    else:
+                        recent = self._loop_recent
+                        if len(recent) == recent.maxlen:
+                            old = recent[0]
+                            left = counts[old] - 1
+                            if left:
+                                counts[old] = left
+                            else:
+                                del counts[old]
+                        recent.append(loop_key)
+                        counts[loop_key] = n
+                if err is None:
+                    for p in chain:
+                        spent = p._spent
+                        used = spent["tool_calls"] + 1
+                        spent["tool_calls"] = used
+                        mark = p._tool_warn
+                        if mark is not None and used + p._reserved["tool_calls"] >= mark:
+                            p._tool_warn = None
+                            p._warn_marks.pop("tool_calls", None)
+                            warns = warns or []
+                            warns.append((p, "tool_calls"))
+                    if not self._charged:
+                        self._charged = self._root._charged = True
+            if err is not None:
+                if stopped is not None:
+                    stopped._stopped = err
+                self._ledger.append(
+                    (_now(), self, route, "tool", {}, "refused", None, (err.dimension,), None)
+                )
+        finally:
+            lock.release()
+        if err is not None:
+            if stopped is not None:
+                self._after_stop(stopped, err)
+            raise err
+        if warns:
+            self._emit_warns(warns, route)
+
+    def _admit(
+        self,
+        charge: Mapping[str, float],
+        reserve: Mapping[str, float],
+        route: str | None,
+        function: str | None,
+        kind: str,
+    ) -> Reservation:
+        """Charge `charge` and reserve `reserve` on the whole chain, all or nothing."""
+        if self._remote:
+            return self._remote_admit(charge, reserve, route, function, kind)
+        for dim in itertools.chain(charge, reserve):
+            if dim not in self._spent:
+                self._unknown_dimension(dim)
+        err: BudgetExceeded | None = None
+        stopped: BudgetPool | None = None
+        warns: list[tuple[BudgetPool, str]] | None = None
+        now = _config._config.clock.monotonic() if self._chain_deadline else 0.0
+        with self._lock:
+            for p in self._chain:
+                if p._stopped is not None:
+                    err = self._already_stopped(p, route, function)
+                    break
+                if p._has_deadline and now > cast(float, p._deadline):
+                    err, stopped = self._wall_refusal(p, now, route, function), p
+                    break
+                limits = p.limits
+                if not limits:
+                    continue
+                for dim in set(charge) | set(reserve):
+                    limit = limits.get(dim)
+                    if limit is None:
+                        continue
+                    need = charge.get(dim, 0.0) + reserve.get(dim, 0.0)
+                    if p._spent[dim] + p._reserved[dim] + need > limit + _EPS:
+                        err, stopped = self._refusal(p, dim, need, route, function), p
+                        break
+                if err is not None:
+                    break
+            if err is None:
+                for p in self._chain:
+                    for dim, amount in charge.items():
+                        p._spent[dim] += amount
+                    for dim, amount in reserve.items():
+                        p._reserved[dim] += amount
+                    if p._warn_marks:
+                        for dim in itertools.chain(charge, reserve):
+                            mark = p._warn_marks.get(dim)
+                            if mark is not None and p._spent[dim] + p._reserved[dim] >= mark:
+                                del p._warn_marks[dim]
+                                if dim == "tool_calls":
+                                    p._tool_warn = None
+                                warns = warns or []
+                                warns.append((p, dim))
+                self._charged = True
+                self._root._charged = True
+            else:
+                if stopped is not None:
+                    stopped._stopped = err
+                self._ledger.append(
+                    (_now(), self, route, kind, {}, "refused", None, (err.dimension,), None)
+                )
+        if err is not None:
+            if stopped is not None:
+                self._after_stop(stopped, err)
+            raise err
+        if warns:
+            self._emit_warns(warns, route)
+        return Reservation(self, dict(charge), dict(reserve), route, function, kind)
+
+    def _unknown_dimension(self, dim: str) -> None:
+        declared = sorted({d for p in self._chain for d in p.custom_dimensions})
+        raise ConfigurationError(
+            f"ag.charge({dim}=...): no pool in the active chain "
+            f"({' <- '.join(p.name for p in self._chain)}) declares a counter named {dim!r}. "
+            f"Declared custom counters: {declared or 'none'}. Standard dimensions: "
+            f"{', '.join(_COUNTED)}. Fix: declare it with BudgetPool(custom={{{dim!r}: N}}) "
+            f"or correct the name."
+        )
+
+    def _settle(self, reservation: Reservation, actual: Mapping[str, float]) -> None:
+        """Return the reservation and charge `actual` (may overrun: the pool then stops)."""
+        over: list[tuple[BudgetPool, str]] = []
+        warns: list[tuple[BudgetPool, str]] | None = None
+        for dim in actual:
+            if dim not in self._spent:
+                self._unknown_dimension(dim)
+        with self._lock:
+            for p in self._chain:
+                for dim, amount in reservation.reserved.items():
+                    p._reserved[dim] = max(0.0, p._reserved[dim] - amount)
+                for dim, amount in actual.items():
+                    p._spent[dim] += amount
+                    limit = p.limits.get(dim)
+                    if limit is not None and p._spent[dim] + p._reserved[dim] > limit + _EPS:
+                        over.append((p, dim))
+                    mark = p._warn_marks.get(dim)
+                    if mark is not None and p._spent[dim] + p._reserved[dim] >= mark:
+                        del p._warn_marks[dim]
+                        if dim == "tool_calls":
+                            p._tool_warn = None
+                        warns = warns or []
+                        warns.append((p, dim))
+            first_err: tuple[BudgetPool, BudgetExceeded] | None = None
+            for p, dim in over:
+                if p._stopped is None:
+                    err = BudgetExceeded(
+                        f"budget pool {p.name!r} overran its {dim} limit of "
+                        f"{_num(p.limits[dim])}: the call from route {reservation.route!r} "
+                        f"reported {_num(actual[dim])} {dim} against "
+                        f"{_num(reservation.reserved.get(dim, 0.0))} reserved for it, bringing "
+                        f"the pool to {_num(p._spent[dim])}. The usage already happened, so it "
+                        f"is recorded as spent and the pool is now stopped. Fix: reserve "
+                        f"enough before the call (max_tokens= on the call or "
+                        f"ag.configure_route(...)), or raise the limit.",
+                        pool=p.name,
+                        dimension=dim,
+                        limit=p.limits[dim],
+                        spent=p._spent[dim],
+                        requested=actual[dim],
+                        route=reservation.route,
+                        function=reservation.function,
+                        charged_pool=self.name,
+                    )
+                    p._stopped = err
+                    first_err = first_err or (p, err)
+        if first_err is not None:
+            emit_alert(
+                Alert(
+                    kind="budget.overrun",
+                    message=str(first_err[1]),
+                    guard_id=f"budget:{first_err[0].name}",
+                    pool=first_err[0].name,
+                    route=reservation.route,
+                    run_id=self.run_id,
+                    severity="error",
+                )
+            )
+            self._after_stop(first_err[0], first_err[1], alert=False)
+        if warns:
+            self._emit_warns(warns, reservation.route)
+
+    def _release(self, reservation: Reservation) -> None:
+        with self._lock:
+            for p in self._chain:
+                for dim, amount in reservation.reserved.items():
+                    p._reserved[dim] = max(0.0, p._reserved[dim] - amount)
+
+    def _remote_admit(
+        self,
+        charge: Mapping[str, float],
+        reserve: Mapping[str, float],
+        route: str | None,
+        function: str | None,
+        kind: str = "tool",
+    ) -> Reservation:
+        from ._remote import remote_admit
+
+        return remote_admit(self, charge, reserve, route, function, kind)
+
+    def _emit_warns(self, warns: list[tuple[BudgetPool, str]], route: str | None) -> None:
+        for p, dim in warns:
+            limit = p.limits[dim]
+            with p._lock:
+                used = p._spent[dim] + p._reserved[dim]
+            emit_alert(
+                Alert(
+                    kind="budget.warn",
+                    message=(
+                        f"budget pool {p.name!r} has used {_num(used)} of its {dim} limit "
+                        f"{_num(limit)} ({used / limit:.0%} >= warn_at {p.warn_at:.0%})"
+                        + (f"; last call from route {route!r}" if route else "")
+                    ),
+                    guard_id=f"budget:{p.name}",
+                    pool=p.name,
+                    route=route,
+                    run_id=p.run_id,
+                    data={"dimension": dim, "used": used, "limit": limit},
+                )
+            )
+
+    def _after_stop(self, stopped: BudgetPool, err: BudgetExceeded, alert: bool = True) -> None:
+        if alert:
+            emit_alert(
+                Alert(
+                    kind="budget.stopped",
+                    message=str(err),
+                    guard_id=f"budget:{stopped.name}",
+                    pool=stopped.name,
+                    route=err.route,
+                    run_id=self.run_id,
+                    severity="error",
+                    data={
+                        "dimension": err.dimension,
+                        "limit": err.limit,
+                        "spent": err.spent,
+                        "requested": err.requested,
+                        "function": err.function,
+                    },
+                )
+            )
+        from . import telemetry
+
+        telemetry.counter(telemetry.METRIC.REFUSALS).add(
+            1, {"agentguard.pool": stopped.name, "agentguard.dimension": err.dimension}
+        )
+        for listener in list(_stop_listeners):
+            listener(stopped, err, self)
+
+    def reserve(
+        self, *, route: str | None = None, function: str | None = None, **amounts: float
+    ) -> Reservation:
+        """Reserve `amounts` (e.g. `output_tokens=4096, cost_usd=0.02`) on this pool's chain.
+
+        Returns a `Reservation` to `settle(...)` with the actual usage or `release()` on
+        error (it is also a context manager that releases unless settled). Raises
+        `BudgetExceeded` when the reservation does not fit (and stops the pool).
+        """
+        return self._admit({}, amounts, route, function, "reserve")
+
+    def charge(
+        self, *, route: str | None = None, function: str | None = None, **amounts: float
+    ) -> None:
+        """Charge `amounts` to this pool and its ancestors now, all or nothing."""
+        for dim, amount in amounts.items():
+            if amount < 0 or amount != amount:
+                raise ConfigurationError(
+                    f"charge({dim}={amount!r}) on pool {self.name!r}: amounts must be >= 0."
+                )
+        t0 = time.perf_counter()
+        reservation = self._admit(amounts, {}, route, function, "charge")
+        reservation.settle({}, duration=time.perf_counter() - t0)
+
+
+class Reservation:
+    """Amounts charged and reserved for one call in flight; settle or release it once.
+
+    Thread-safe to settle or release from any thread; the second settle/release is a no-op.
+    """
+
+    __slots__ = (
+        "_lock",
+        "charged",
+        "done",
+        "function",
+        "kind",
+        "pool",
+        "reserved",
+        "route",
+        "started",
+    )
+
+    def __init__(
+        self,
+        pool: BudgetPool,
+        charged: dict[str, float],
+        reserved: dict[str, float],
+        route: str | None,
+        function: str | None,
+        kind: str,
+    ) -> None:
+        self.pool = pool
+        self.charged = charged
+        self.reserved = reserved
+        self.route = route
+        self.function = function
+        self.kind = kind
+        self.started = time.perf_counter()
+        self.done = False
+        self._lock = threading.Lock()
+
+    def _finish(self) -> bool:
+        with self._lock:
+            if self.done:
+                return False
+            self.done = True
+            return True
+
+    def settle(
+        self,
+        actual: Mapping[str, float],
+        *,
+        outcome: str = "ok",
+        flags: tuple[str, ...] = (),
+        detail: Mapping[str, Any] | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Replace the reservation by the `actual` amounts and write the ledger row."""
+        if not self._finish():
+            return
+        pool = self.pool
+        if pool._remote:
+            from ._remote import remote_settle
+
+            remote_settle(self, actual)
+        else:
+            pool._settle(self, actual)
+        amounts = dict(self.charged)
+        for dim, amount in actual.items():
+            amounts[dim] = amounts.get(dim, 0.0) + amount
+        if duration is None:
+            duration = time.perf_counter() - self.started
+        pool._ledger.append(
+            (_now(), pool, self.route, self.kind, amounts, outcome, duration, flags, detail)
+        )
+
+    def release(self, *, outcome: str = "error", detail: Mapping[str, Any] | None = None) -> None:
+        """Give the reservation back (the call failed); the charged amounts stay spent."""
+        if not self._finish():
+            return
+        pool = self.pool
+        if pool._remote:
+            from ._remote import remote_release
+
+            remote_release(self)
+        else:
+            pool._release(self)
+        pool._ledger.append(
+            (
+                _now(),
+                pool,
+                self.route,
+                self.kind,
+                dict(self.charged),
+                outcome,
+                time.perf_counter() - self.started,
+                ("released",) if self.reserved else (),
+                detail,
+            )
+        )
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _materialize(raw: tuple[Any, ...]) -> LedgerRow:
+    ts, pool, route, kind, amounts, outcome, duration, flags, detail = raw
+    return LedgerRow(
+        ts=_EPOCH_OFFSET + ts,
+        run_id=pool.run_id,
+        pool=pool.name,
+        pool_path=pool.path,
+        route=route,
+        kind=kind,
+        amounts=amounts,
+        outcome=outcome,
+        duration=duration,
+        flags=tuple(flags),
+        detail=detail,
+    )
+
+
+@overload
+def current_pool() -> BudgetPool: ...
+@overload
+def current_pool(required: Literal[True]) -> BudgetPool: ...
+@overload
+def current_pool(required: Literal[False]) -> BudgetPool | None: ...
+def current_pool(required: bool = True) -> BudgetPool | None:
+    """The pool guarded calls in this context charge: the active one, else the default.
+
+    Raises `NoActivePool` when there is none, unless `required=False` (then returns None).
+    """
+    pool = _current.get()
+    if pool is None:
+        pool = _config.get_config().default_pool
+        if pool is None and required:
+            raise NoActivePool(kind="current_pool()", route=None, function=None)
+    return pool
+
+
+def _resolve(kind: str, route: str | None, function: str) -> BudgetPool:
+    pool = _current.get()
+    if pool is None:
+        pool = _config.get_config().default_pool
+        if pool is None:
+            raise NoActivePool(kind=kind, route=route, function=function)
+    return pool
+
+
+def charge(*, route: str | None = None, **amounts: float) -> None:
+    """Charge the current pool, e.g. `ag.charge(emails_sent=1)`; refused when over a limit.
+
+    Raises `NoActivePool` outside any pool, `BudgetExceeded` when a limit would be crossed,
+    and `ConfigurationError` for a counter no pool in the chain declares (a typo is not free).
+    """
+    pool = _resolve("ag.charge()", route, "ag.charge")
+    pool.charge(route=route, function="ag.charge", **amounts)
+
+
+def _iter_tree(pool: BudgetPool) -> Iterator[BudgetPool]:
+    yield pool
+    for child in pool.children:
+        yield from _iter_tree(child)
+
+

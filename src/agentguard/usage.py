@@ -1,0 +1,275 @@
+"""Token usage read from the responses people actually get, and the price of a call.
+
+`read_usage(response)` understands OpenAI (chat completions and responses API) and Anthropic
+SDK objects and their dict forms, LangChain `AIMessage.usage_metadata` and `LLMResult`, and
+any user-supplied extractor (`configure(usage_extractors=[...])` or `@ag.llm_call(usage=...)`).
+
+Prices: `configure(price=fn)` with `fn(model, usage) -> float | None`, or `genai_price` from
+the `agentguard[prices]` extra (the `genai-prices` package, offline). Unknown is `None`,
+never zero: a pool that limits `cost_usd` refuses a call whose price is unknown unless a
+`fallback_price` is configured.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "Usage",
+    "Price",
+    "PriceFunction",
+    "UsageExtractor",
+    "read_usage",
+    "genai_price",
+    "resolve_price",
+]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one LLM call. `None` means unknown, which is not zero."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    model: str | None = None
+    provider: str | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total(self) -> int | None:
+        if self.total_tokens is not None:
+            return self.total_tokens
+        if self.input_tokens is None or self.output_tokens is None:
+            return None
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def known(self) -> bool:
+        return self.input_tokens is not None and self.output_tokens is not None
+
+
+@dataclass(frozen=True)
+class Price:
+    """A flat price in USD per million tokens (input, output)."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+    def cost(self, usage: Usage) -> float:
+        return (
+            (usage.input_tokens or 0) * self.input_per_mtok
+            + (usage.output_tokens or 0) * self.output_per_mtok
+        ) / 1_000_000
+
+
+PriceFunction = Callable[[str, Usage], float | None]
+UsageExtractor = Callable[[Any], Usage | None]
+
+
+def _get(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _from_usage_block(block: Any, model: str | None, provider: str | None) -> Usage | None:
+    """Read an OpenAI / Anthropic / LangChain usage block (object or dict)."""
+    inp = _int(_get(block, "input_tokens"))
+    out = _int(_get(block, "output_tokens"))
+    cache_read = 0
+    cache_write = 0
+    if inp is None and out is None:
+        inp = _int(_get(block, "prompt_tokens"))  # OpenAI chat completions
+        out = _int(_get(block, "completion_tokens"))
+        details = _get(block, "prompt_tokens_details")
+        if details is not None:
+            cache_read = _int(_get(details, "cached_tokens")) or 0
+        if inp is None and out is None:
+            return None
+        provider = provider or "openai"
+    else:
+        # Anthropic reports cache tokens outside input_tokens; budgets count them as input.
+        cache_write = _int(_get(block, "cache_creation_input_tokens")) or 0
+        cache_read_a = _int(_get(block, "cache_read_input_tokens"))
+        if cache_read_a is not None:
+            cache_read = cache_read_a
+            inp = (inp or 0) + cache_read + cache_write
+            provider = provider or "anthropic"
+        details = _get(block, "input_tokens_details") or _get(block, "input_token_details")
+        if details is not None:
+            cache_read = _int(_get(details, "cached_tokens")) or _int(
+                _get(details, "cache_read")
+            ) or cache_read
+    total = _int(_get(block, "total_tokens"))
+    return Usage(
+        input_tokens=inp,
+        output_tokens=out,
+        total_tokens=total if total is not None else ((inp or 0) + (out or 0)),
+        model=model,
+        provider=provider,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
+
+
+def _model_of(response: Any) -> str | None:
+    model = _get(response, "model")
+    if isinstance(model, str):
+        return model
+    meta = _get(response, "response_metadata")
+    if isinstance(meta, Mapping):
+        name = meta.get("model_name") or meta.get("model")
+        if isinstance(name, str):
+            return name
+    return None
+
+
+def _builtin_extract(response: Any) -> Usage | None:
+    if isinstance(response, Usage):
+        return response
+    if response is None or isinstance(response, (str, bytes, int, float, bool)):
+        return None
+    model = _model_of(response)
+    # LangChain AIMessage / AIMessageChunk, or a dict carrying usage_metadata
+    meta = _get(response, "usage_metadata")
+    if meta is not None:
+        usage = _from_usage_block(meta, model, None)
+        if usage is not None:
+            return usage
+    # OpenAI / Anthropic SDK objects and dicts
+    block = _get(response, "usage")
+    if block is not None:
+        usage = _from_usage_block(block, model, None)
+        if usage is not None:
+            return usage
+    # LangChain LLMResult / ChatResult: generations[0][0].message.usage_metadata
+    generations = _get(response, "generations")
+    if isinstance(generations, list) and generations:
+        first = generations[0]
+        if isinstance(first, list) and first:
+            first = first[0]
+        message = _get(first, "message")
+        if message is not None:
+            usage = _builtin_extract(message)
+            if usage is not None:
+                return usage
+        llm_output = _get(response, "llm_output")
+        if isinstance(llm_output, Mapping):
+            block = llm_output.get("token_usage") or llm_output.get("usage")
+            if block is not None:
+                name = llm_output.get("model_name")
+                return _from_usage_block(block, name if isinstance(name, str) else None, None)
+    return None
+
+
+def read_usage(response: Any, extractors: tuple[UsageExtractor, ...] = ()) -> Usage | None:
+    """The usage of a response, or `None` when no extractor recognises its shape.
+
+    User extractors are tried first, in order; then the built-in shapes. An extractor that
+    raises is a bug in it and propagates (it is not treated as "no usage").
+    """
+    for extractor in extractors:
+        usage = extractor(response)
+        if usage is not None:
+            if not isinstance(usage, Usage):
+                raise ConfigurationError(
+                    f"usage extractor {extractor!r} returned {type(usage).__name__}; expected "
+                    f"agentguard.Usage or None."
+                )
+            return usage
+    return _builtin_extract(response)
+
+
+# -- prices ---------------------------------------------------------------------------------
+
+_price_cache: dict[tuple[str, str | None], Any] = {}
+_price_lock = threading.Lock()
+_MISSING = object()
+
+
+def genai_price(model: str, usage: Usage) -> float | None:
+    """The price of `usage` on `model` from the `genai-prices` package (offline).
+
+    Resolves each (model, provider) once and caches it (the first lookup costs ~25 ms, later
+    ones ~50 us). Returns `None` for an unknown model. Needs `agentguard[prices]`.
+    """
+    try:
+        import genai_prices
+    except ImportError as exc:
+        raise ConfigurationError(
+            "genai_price needs the genai-prices package: pip install 'agentguard[prices]'"
+        ) from exc
+    key = (model, usage.provider)
+    model_price = _price_cache.get(key, _MISSING)
+    if model_price is _MISSING:
+        with _price_lock:
+            try:
+                calc = genai_prices.calc_price(
+                    genai_prices.Usage(input_tokens=1, output_tokens=1),
+                    model_ref=model,
+                    provider_id=usage.provider,
+                )
+                model_price = calc.model_price
+            except LookupError:
+                model_price = None
+            _price_cache[key] = model_price
+    if model_price is None:
+        return None
+    calc_usage = genai_prices.Usage(
+        input_tokens=usage.input_tokens or 0,
+        output_tokens=usage.output_tokens or 0,
+        cache_read_tokens=usage.cache_read_tokens or None,
+        cache_write_tokens=usage.cache_write_tokens or None,
+    )
+    return float(model_price.calc_price(calc_usage)["total_price"])
+
+
+def resolve_price(
+    model: str | None,
+    usage: Usage,
+    price: PriceFunction | None,
+    fallback: Price | None,
+) -> float | None:
+    """The cost of `usage`: the user's price function, else genai-prices if installed,
+    else the fallback price; `None` when nothing knows the model."""
+    if model is not None:
+        if price is not None:
+            value = price(model, usage)
+            if value is not None:
+                return float(value)
+        elif _genai_prices_installed():
+            value = genai_price(model, usage)
+            if value is not None:
+                return value
+    if fallback is not None:
+        return fallback.cost(usage)
+    return None
+
+
+_installed: bool | None = None
+
+
+def _genai_prices_installed() -> bool:
+    global _installed
+    if _installed is None:
+        import importlib.util
+
+        _installed = importlib.util.find_spec("genai_prices") is not None
+    return _installed

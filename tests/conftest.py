@@ -1,0 +1,38 @@
+"""Shared fixtures: a clean agentguard configuration per test, real OpenTelemetry SDK readers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+import agentguard as ag
+from agentguard import _config, alerts
+
+
+@pytest.fixture(autouse=True)
+def _clean_agentguard() -> Iterator[None]:
+    """Each test starts with default settings, no alert hooks and no default pool."""
+    _config._reset_for_tests()
+    saved_hooks = list(alerts._hooks)
+    saved_sinks = list(alerts._sinks)
+    yield
+    _config._reset_for_tests()
+    alerts._hooks[:] = saved_hooks
+    alerts._sinks[:] = saved_sinks
+
+
+@pytest.fixture
+def captured_alerts() -> Iterator[list[ag.Alert]]:
+    """Every alert emitted during the test, in order."""
+    seen: list[ag.Alert] = []
+    ag.on_alert(seen.append)
+    yield seen
+    ag.remove_alert_hook(seen.append)
+
+
+@pytest.fixture
+def agentguard_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="agentguard")
+    return caplog
