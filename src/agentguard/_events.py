@@ -37,7 +37,7 @@ def record_event(
     if guard_id is not None:
         info["guard_id"] = guard_id
     pool = _current.get()
-    row = (_now(), pool, route, kind, {}, outcome, None, flags, info)
+    row: tuple[Any, ...] = (_now(), pool, route, kind, {}, outcome, None, flags, info)
     if pool is not None:
         pool._ledger.append(row)
         return
