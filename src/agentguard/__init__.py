@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
+from . import checks
 from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
 from .errors import (
     AgentGuardError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "checks",
     # budget
     "BudgetPool",
     "Reservation",
