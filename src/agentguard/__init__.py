@@ -5,10 +5,10 @@ Every name a user needs is re-exported here; the logic lives in one module per c
 
 from __future__ import annotations
 
+from . import checks, wait
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
-from . import checks
 from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
 from .errors import (
     AgentGuardError,
@@ -17,6 +17,7 @@ from .errors import (
     BudgetExceeded,
     BudgetUnavailable,
     BypassError,
+    CheckError,
     ConfigurationError,
     ContentAnomaly,
     ContractViolation,
@@ -27,6 +28,18 @@ from .errors import (
     ToolArgumentError,
     UnknownPrice,
 )
+from .retry import (
+    Attempt,
+    AttemptOutcome,
+    RetryLoop,
+    RetryStats,
+    is_testing,
+    render_retry_table,
+    retry,
+    retry_stats,
+    retrying,
+    set_testing,
+)
 from .usage import Price, Usage, genai_price, read_usage
 
 __version__ = "0.1.0"
@@ -34,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "checks",
+    "wait",
     # budget
     "BudgetPool",
     "Reservation",
@@ -47,6 +61,17 @@ __all__ = [
     "record_usage",
     "current_call",
     "CallInfo",
+    # retries
+    "retry",
+    "retrying",
+    "RetryLoop",
+    "Attempt",
+    "AttemptOutcome",
+    "RetryStats",
+    "retry_stats",
+    "render_retry_table",
+    "set_testing",
+    "is_testing",
     # usage and price
     "Usage",
     "Price",
@@ -75,5 +100,6 @@ __all__ = [
     "ContractViolation",
     "ContentAnomaly",
     "RetriesExhausted",
+    "CheckError",
     "BypassError",
 ]

@@ -18,6 +18,7 @@ AgentGuardError
 ├── ContractViolation           a function returned None / the wrong shape / an empty result
 ├── ContentAnomaly              an output looks wrong (empty, too short, error text, ...)
 ├── RetriesExhausted            every attempt failed; carries each attempt's outcome
+├── CheckError                  a content check raised (a bug in the check, not the output)
 └── BypassError                 a guard bypass entry is missing a field or is malformed
 ```
 
@@ -46,6 +47,7 @@ __all__ = [
     "ContractViolation",
     "ContentAnomaly",
     "RetriesExhausted",
+    "CheckError",
     "BypassError",
     "TERMINAL_ERRORS",
 ]
@@ -354,21 +356,46 @@ class ContentAnomaly(AgentGuardError):
         check: str | None = None,
         reasons: Sequence[str] = (),
         details: Mapping[str, Any] | None = None,
+        attempts: Sequence[Any] = (),
     ) -> None:
         super().__init__(message)
         self.route = route
         self.check = check
         self.reasons = tuple(reasons)
         self.details = dict(details or {})
+        #: when raised by `@ag.retry`: every attempt's `AttemptOutcome`, in order
+        self.attempts = tuple(attempts)
 
 
 class RetriesExhausted(AgentGuardError):
-    """Every attempt failed; `attempts` holds each attempt's outcome and reason."""
+    """Every attempt failed; `attempts` holds each attempt's outcome and reason.
 
-    def __init__(self, message: str, *, route: str | None, attempts: Sequence[Any]) -> None:
+    `stop` says why no further attempt was made (`attempts`, `timeout`, `retry_budget`);
+    the last attempt's exception is `__cause__`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        route: str | None,
+        attempts: Sequence[Any],
+        stop: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.route = route
         self.attempts = tuple(attempts)
+        self.stop = stop
+
+
+class CheckError(AgentGuardError):
+    """A content check itself raised while judging an output: a bug in the check, not an
+    anomaly of the output. The check's own exception is `__cause__`."""
+
+    def __init__(self, message: str, *, route: str | None, check: str) -> None:
+        super().__init__(message)
+        self.route = route
+        self.check = check
 
 
 class BypassError(ConfigurationError):

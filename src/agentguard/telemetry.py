@@ -16,6 +16,8 @@ __all__ = [
     "INSTRUMENTATION_NAME",
     "SPAN_EXECUTE_TOOL",
     "SPAN_CHAT",
+    "SPAN_RETRY",
+    "SPAN_RETRY_ATTEMPT",
     "ATTR",
     "METRIC",
     "tracing_enabled",
@@ -31,6 +33,10 @@ SPAN_EXECUTE_TOOL = "execute_tool {tool}"
 """GenAI semantic conventions: tool execution span (INTERNAL)."""
 SPAN_CHAT = "chat {model}"
 """GenAI semantic conventions: inference span `{gen_ai.operation.name} {gen_ai.request.model}`."""
+SPAN_RETRY = "retry {route}"
+"""One logical call under `@ag.retry`, covering every attempt and wait (INTERNAL)."""
+SPAN_RETRY_ATTEMPT = "attempt {route}"
+"""One attempt of a retried call, child of the `retry {route}` span (INTERNAL)."""
 
 
 class ATTR:
@@ -59,6 +65,9 @@ class ATTR:
     ATTEMPT = "agentguard.retry.attempt"
     RESEND_COUNT = "http.request.resend_count"
     WAIT_SECONDS = "agentguard.retry.wait_seconds"
+    RETRY_ATTEMPTS = "agentguard.retry.attempts"  # on the call span: attempts made
+    RETRY_MAX_ATTEMPTS = "agentguard.retry.max_attempts"  # on the call span: allowed
+    RETRY_STOP = "agentguard.retry.stop"  # why no further attempt: attempts/timeout/...
     OWNER = "agentguard.bypass.owner"
 
 
@@ -78,11 +87,19 @@ class METRIC:
     RETRY_ATTEMPTS = "agentguard.retry.attempts"  # counter by route, outcome
     RETRY_CALLS_RETRIED = "agentguard.retry.calls_retried"  # counter by route
     RETRY_DURATION = "agentguard.retry.duration"  # histogram, s, after retries and backoff
+    RETRY_BUDGET_EXHAUSTED = "agentguard.retry.budget_exhausted"  # counter by route
     BYPASS_USED = "agentguard.bypass.used"  # counter by guard id, owner
 
 
 _SLOW: Any = object()
 _trace_globals: dict[str, Any] = vars(trace)
+try:
+    from opentelemetry.metrics import _internal as _metrics_internal
+
+    _metrics_globals: dict[str, Any] = vars(_metrics_internal)
+except ImportError:  # pragma: no cover - an API without the private module: slow path
+    _metrics_globals = {}
+_NO_METER_PROVIDERS = ("_ProxyMeterProvider", "NoOpMeterProvider")
 _lock = threading.Lock()
 _counters: dict[str, Any] = {}
 _histograms: dict[str, Any] = {}
@@ -107,13 +124,35 @@ def tracing_enabled() -> bool:
 
 
 def metrics_enabled() -> bool:
-    """True when a real meter provider is installed."""
-    provider = metrics.get_meter_provider()
-    return type(provider).__name__ not in ("_ProxyMeterProvider", "NoOpMeterProvider")
+    """True when a real meter provider is installed.
+
+    Hot path: like `tracing_enabled()`, reads the global the API sets (~60 ns instead of
+    ~650 ns for `metrics.get_meter_provider()`); older APIs without it take the slow path.
+    """
+    provider = _metrics_globals.get("_METER_PROVIDER", _SLOW)
+    if provider is _SLOW:
+        provider = metrics.get_meter_provider()
+    return provider is not None and type(provider).__name__ not in _NO_METER_PROVIDERS
+
+
+_tracer_cache: tuple[Any, trace.Tracer | None] = (None, None)
 
 
 def get_tracer() -> trace.Tracer:
-    return trace.get_tracer(INSTRUMENTATION_NAME)
+    """agentguard's tracer, cached per installed provider.
+
+    Cost: the SDK's `get_tracer` builds a new Tracer (~5 us) on every call; the cache makes
+    it ~100 ns.
+    """
+    global _tracer_cache
+    provider = _trace_globals.get("_TRACER_PROVIDER")
+    cached_provider, tracer = _tracer_cache
+    if tracer is not None and provider is not None and cached_provider is provider:
+        return tracer
+    tracer = trace.get_tracer(INSTRUMENTATION_NAME)
+    if provider is not None:
+        _tracer_cache = (provider, tracer)
+    return tracer
 
 
 def counter(name: str, unit: str = "1", description: str = "") -> Any:
