@@ -783,12 +783,14 @@ def bypass_statuses(
     *,
     now: datetime | None = None,
     uses: Mapping[str, int] | None = None,
+    count_uses: bool = True,
     warn_days: int = EXPIRING_DAYS,
 ) -> list[BypassStatus]:
     """Group entries by guard (renewals together) and classify each: expired first.
 
     `uses` maps an entry's guard (id or pattern) to a use count (e.g. from the store's
-    ledger); default: this process's counters. Pass `uses={}` to mean "unknown".
+    ledger); default: this process's counters. `count_uses=False` marks the counts unknown
+    (shown as `-`, never as 0).
     """
     now = now or _now()
     counts = use_counts() if uses is None else uses
@@ -806,7 +808,8 @@ def bypass_statuses(
             state = "expiring"
         else:
             state = "active"
-        statuses.append(BypassStatus(guard, state, current, tuple(chain), counts.get(guard), now))
+        uses_of = counts.get(guard, 0) if count_uses else None
+        statuses.append(BypassStatus(guard, state, current, tuple(chain), uses_of, now))
     statuses.sort(key=lambda s: (order[s.state], s.current.expires))
     return statuses
 
