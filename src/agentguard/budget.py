@@ -330,6 +330,9 @@ class BudgetPool:
             self.provenance = root.provenance
             self._chain_deadline = any(p._wall_limit is not None for p in self._chain)
             self._remote = any(p.backend is not None for p in self._chain)
+            for dim in parent._spent:
+                self._spent.setdefault(dim, 0.0)
+                self._reserved.setdefault(dim, 0.0)
             if self._loop_limit_given is _INHERIT:
                 self._loop_limit = parent._loop_limit
             parent._children.append(self)
