@@ -73,7 +73,7 @@ class PoolMachine(RuleBasedStateMachine):
     def root(self, limits: dict[str, int]) -> Any:
         self.models: dict[int, Model] = {}
         self.all: list[ag.BudgetPool] = []
-        pool = ag.BudgetPool(name="root", custom={"jobs": 10**9}, warn_at=None, **limits)
+        pool = ag.BudgetPool(name="root", custom={"jobs": 10**9}, **limits)
         self.models[id(pool)] = Model(dict(limits), None)
         self.all.append(pool)
         return pool
@@ -100,6 +100,22 @@ class PoolMachine(RuleBasedStateMachine):
         for m in self.models[id(pool)].chain:
             for dim, amount in amounts.items():
                 m.spent[dim] += amount
+
+    @rule(pool=pools, same_args=st.booleans())
+    def tool_call(self, pool: ag.BudgetPool, same_args: bool) -> None:
+        """The hot path of @tool_call (fast path for a lone pool, general path otherwise)."""
+        expected = self.models[id(pool)].admit({"tool_calls": 1})
+        self.calls = getattr(self, "calls", 0) + 1
+        args = ("same",) if same_args else (self.calls,)
+        try:
+            pool._charge_tool("tool", "route", args, {}, None)
+        except ag.BudgetExceeded:
+            assert not expected, "refused a tool call that fits"
+            return
+        assert expected, "accepted a tool call that does not fit"
+        pool._tool_row("route", 0.0, "ok", 0.0)
+        for m in self.models[id(pool)].chain:
+            m.spent["tool_calls"] += 1
 
     @rule(target=reservations, pool=pools, amounts=amounts_st)
     def reserve(self, pool: ag.BudgetPool, amounts: dict[str, int]) -> Any:
