@@ -46,7 +46,8 @@ def with_validate_call(a: int, b: str, c: float) -> int:
     return a
 
 
-_var: contextvars.ContextVar[list[int]] = contextvars.ContextVar("bench", default=[0])
+_var: contextvars.ContextVar[list[int]] = contextvars.ContextVar("bench")
+_var.set([0])
 _lock = threading.Lock()
 
 

@@ -213,7 +213,7 @@ def test_record_usage_reports_usage_from_inside_the_body() -> None:
         extract("x")
     assert pool.spent["total_tokens"] == 52
     assert "usage_unknown" not in pool.ledger[-1].flags
-    with pytest.raises(ag.ConfigurationError, match="outside an @ag.llm_call"):
+    with pytest.raises(ag.ConfigurationError, match=r"outside an @ag\.llm_call"):
         ag.record_usage(input_tokens=1, output_tokens=1)
 
 
