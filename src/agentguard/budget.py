@@ -140,6 +140,7 @@ class PoolSnapshot:
     stopped: bool
     stop_reason: str | None
     children: tuple[PoolSnapshot, ...] = field(default_factory=tuple)
+    stopped_by: str | None = None
 
     def render(self, indent: str = "") -> str:
         """A readable tree: one line per pool, limited dimensions as spent/limit."""
@@ -152,10 +153,15 @@ class PoolSnapshot:
             for dim, v in self.spent.items()
             if dim not in self.limits and v and dim != "wall_seconds"
         ]
-        state = "STOPPED" if self.stopped else "ok"
+        if not self.stopped:
+            state = "ok"
+        elif self.stopped_by and self.stopped_by != self.name:
+            state = f"STOPPED by {self.stopped_by!r}"
+        else:
+            state = "STOPPED"
         line = f"{indent}{self.name} [{state}] " + ", ".join(parts + counted)
         lines = [line.rstrip()]
-        if self.stop_reason and self.stopped:
+        if self.stop_reason and self.stopped and self.stopped_by == self.name:
             lines.append(f"{indent}  stopped: {self.stop_reason.split('. ')[0]}")
         for child in self.children:
             lines.append(child.render(indent + "  "))
@@ -498,6 +504,7 @@ class BudgetPool:
         with self._lock:
             children = tuple(self._children)
         stop = self.stop_error
+        stopped_by = next((p.name for p in self._chain if p._stopped is not None), None)
         return PoolSnapshot(
             name=self.name,
             path=self.path,
@@ -509,6 +516,7 @@ class BudgetPool:
             stopped=stop is not None,
             stop_reason=str(stop) if stop is not None else None,
             children=tuple(c.snapshot() for c in children),
+            stopped_by=stopped_by,
         )
 
     def tree(self) -> str:
