@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import agentguard as ag
 from agentguard import _config, _events, _guards, bypasses, telemetry
@@ -593,3 +595,67 @@ def test_declared_guards_are_listed_from_modules(clock: ManualClock) -> None:
     assert found == {"args:lookup": {"@tool_call demo_tools.lookup"}}
     assert _guards.declared_guards() == {"args:lookup.key": ("Email() on demo_tools.lookup",)}
     del sys.modules["demo_tools"]
+
+
+# -- properties and stress --------------------------------------------------------------------
+
+GUARDS = ["budget:run", "args:t.a", "args:t.b", "args:u.a", "checks:r.NotEmpty"]
+PATTERNS = [*GUARDS, "args:t", "args:*", "args:*.a", "checks:r.*", "budget:r*"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    entries=st.lists(
+        st.tuples(st.sampled_from(PATTERNS), st.integers(min_value=0, max_value=29)),
+        max_size=8,
+    ),
+    elapsed=st.integers(min_value=0, max_value=40 * 24),
+    guard=st.sampled_from(GUARDS),
+)
+def test_lookup_returns_the_covering_entry_that_ends_last_and_none_after(
+    entries: list[tuple[str, int]], elapsed: int, guard: str
+) -> None:
+    bypasses._reset_for_tests()
+    clock = ManualClock()
+    ag.configure(clock=clock)
+    made = [
+        ag.bypass(p, **_entry(expires=(T0.date() + timedelta(days=d)).isoformat()))
+        for p, d in entries
+    ]
+    clock.advance(hours=elapsed)
+    covering = [
+        e
+        for e in made
+        if e.guard == guard
+        or guard.startswith(e.guard + ".")
+        or ("*" in e.guard and re.fullmatch(e.guard.replace(".", r"\.").replace("*", ".*"), guard))
+    ]
+    live = [e for e in covering if clock.now() < e.expires]
+    found, expired = bypasses.lookup_bypass(guard)
+    if live:
+        assert found is not None and found.expires == max(e.expires for e in live)
+        assert expired is None
+    else:
+        assert found is None
+        assert (expired is not None) == bool(covering)
+        assert bypasses.lookup_bypass(guard) == (None, None)  # the expiry alert fires once
+
+
+@pytest.mark.slow
+def test_bypassed_charges_from_many_threads_are_all_counted(clock: ManualClock) -> None:
+    ag.bypass("budget:run", **_entry())
+
+    @ag.tool_call(loop_limit=None)
+    def work(i: int) -> int:
+        return i
+
+    with ag.BudgetPool(name="run", tool_calls=10, warn_at=None) as pool:
+        bound = pool.bind(lambda: [work(i) for i in range(50)])
+        threads = [threading.Thread(target=bound) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert pool.spent["tool_calls"] == 400
+    assert bypasses.use_counts() == {"budget:run": 390}
+    assert sum(1 for r in pool.ledger if r.kind == "bypass") == 390

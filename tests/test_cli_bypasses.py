@@ -147,6 +147,7 @@ ag.bypass(
 
 def test_guards_lists_declared_ids_and_their_bypasses(project: Path) -> None:
     (project / "mytools.py").write_text(GUARDED_MODULE.format(expires=day(10)))
+    (project / "agentguard.toml").write_text(entry("args:escalate_to_humn.user_id", day(5)))
     result = agentguard(project, "guards", "-m", "mytools")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -155,6 +156,7 @@ def test_guards_lists_declared_ids_and_their_bypasses(project: Path) -> None:
     assert "@tool_call mytools.escalate_to_human" in tool and "on" in tool
     assert "BYPASSED until" in arg and "ana@example.com" in arg
     assert "no run store configured" in result.stdout
+    assert "cover none of these guards: args:escalate_to_humn.user_id" in result.stdout
     # the same module's ag.bypass() entries show up in `bypasses -m`
     listing = agentguard(project, "bypasses", "-m", "mytools")
     assert "args:escalate_to_human.user_id" in listing.stdout and "source: code" in listing.stdout

@@ -224,8 +224,9 @@ def run_guards(args: argparse.Namespace) -> int:
         rows.append(
             {"guard": gid, "declared_by": sorted(w for w in found[gid] if w), "state": state}
         )
+    orphans = sorted({e.guard for e in entries if not any(e.covers(gid) for gid in found)})
     if args.json:
-        print(json.dumps({"guards": rows, "note": note}, indent=2))
+        print(json.dumps({"guards": rows, "unmatched_bypasses": orphans, "note": note}, indent=2))
         return EXIT_OK
     if not rows:
         print(
@@ -238,5 +239,10 @@ def run_guards(args: argparse.Namespace) -> int:
             print(
                 f"{r['guard']:<{width}}  {r['state']:<10}  {', '.join(r['declared_by'])}".rstrip()
             )
+    if orphans and rows:
+        print(
+            f"bypass entries that cover none of these guards: {', '.join(orphans)} (a typo, "
+            f"a guard in a module not named with -m, or a pool only seen at run time)."
+        )
     print(note)
     return EXIT_OK

@@ -575,7 +575,7 @@ def record_bypass_use(entry: Bypass, guard_id: str, would_have: str, **context: 
     `context` holds names and figures (route, pool, dimension, limit), never argument values.
     Emits the `agentguard.bypass.used` metric (guard id, owner), a span event on the current
     span, a `bypass` ledger row, and a WARNING log (first use, then at most once a minute per
-    guard). Thread-safe; never raises because of telemetry.
+    guard). Thread-safe.
     """
     from ._events import record_event  # _events imports budget, which imports this module
     from ._redact import describe
