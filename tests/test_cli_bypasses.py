@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agentguard import _cli_bypasses
+import agentguard as ag
+from agentguard import _cli_bypasses, bypasses
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TODAY = datetime.now(timezone.utc).date()
@@ -166,3 +167,37 @@ def test_unknown_module_exits_2(project: Path) -> None:
     result = agentguard(project, "guards", "-m", "no_such_module_here")
     assert result.returncode == 2
     assert "cannot import module 'no_such_module_here'" in result.stderr
+
+
+class LedgerOf:
+    """The store's read contract (`ledger(kind=..., limit=...)`) over a real pool's ledger.
+
+    (Stands in for the SQLite store until it lands in this branch; the rows are real.)
+    """
+
+    def __init__(self, pool: ag.BudgetPool) -> None:
+        self.pool = pool
+
+    def ledger(self, kind: str | None = None, limit: int | None = None) -> list[ag.LedgerRow]:
+        rows = [r for r in self.pool.ledger if kind is None or r.kind == kind]
+        return rows[-limit:] if limit else rows
+
+
+def test_uses_and_guard_ids_are_read_from_the_store_ledger() -> None:
+    expires = day(10)
+    ag.bypass("budget:nightly", owner="ops", reason="black friday spike", expires=expires)
+
+    @ag.tool_call
+    def fetch(key: str) -> str:
+        return key
+
+    with ag.BudgetPool(name="nightly", tool_calls=1, warn_at=None) as pool:
+        for key in "abc":
+            fetch(key)
+    store = LedgerOf(pool)
+    bypasses._reset_for_tests()  # a new process: no in-process counters
+    counts, note = _cli_bypasses.store_use_counts(store)
+    assert counts == {"budget:nightly": 2}
+    assert "run store's ledger" in note
+    ids, _ = _cli_bypasses._ledger_guard_ids(store)
+    assert ids == {"budget:nightly"}

@@ -24,6 +24,8 @@ __all__ = ["register", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_INVALID", "store_us
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_INVALID = 2
+LEDGER_SCAN_ROWS = 100_000
+"""`agentguard guards` reads at most this many recent ledger rows for guard ids."""
 
 
 def register(subparsers: Any) -> None:
@@ -107,26 +109,36 @@ def _import_modules(names: list[str]) -> list[Any]:
     return modules
 
 
-def store_use_counts() -> tuple[Mapping[str, int] | None, str]:
-    """Bypass use counts from the configured store's ledger, and a note saying where from.
+def store_use_counts(store: Any = None) -> tuple[Mapping[str, int] | None, str]:
+    """Bypass use counts from a run store's ledger, and a note saying where they come from.
 
-    The store counts `bypass` ledger rows (outcome `bypassed`) per entry guard (the row's
-    `detail["bypass"]`). None when there is no store or it cannot count them: the table then
-    shows `-` and the note says so (uses are never shown as 0 when they are unknown).
+    `store` defaults to the configured one. Counts the ledger rows of kind `bypass` with
+    outcome `bypassed` per entry guard (the row's `detail["bypass"]`), through the store's
+    `bypass_use_counts()` when it has one, else its `ledger(kind="bypass")`; this process's
+    counters are added. None when there is no store or it cannot be read that way: the table
+    then shows `-` (uses are never shown as 0 when they are unknown).
     """
-    store = _config.get_config().store
+    store = _config.get_config().store if store is None else store
     if store is None:
         return None, (
             "USES: unknown here, no run store is configured (uses are counted in the ledger "
             "of a store: ag.configure(store=...)); in a process, see bypasses.use_counts()."
         )
+    counts: dict[str, int] = {}
     counter = getattr(store, "bypass_use_counts", None)
-    if not callable(counter):
+    ledger = getattr(store, "ledger", None)
+    if callable(counter):
+        counts.update(counter())
+    elif callable(ledger):
+        for row in ledger(kind="bypass"):
+            detail = row.detail or {}
+            if row.outcome == "bypassed" and isinstance(detail.get("bypass"), str):
+                counts[detail["bypass"]] = counts.get(detail["bypass"], 0) + 1
+    else:
         return None, (
-            f"USES: unknown, the configured store {type(store).__name__} does not count bypass "
-            f"ledger rows (it has no bypass_use_counts())."
+            f"USES: unknown, the configured store {type(store).__name__} cannot list its "
+            f"ledger rows (it has neither bypass_use_counts() nor ledger(kind=...))."
         )
-    counts = dict(counter())
     for guard, n in bypasses.use_counts().items():
         counts[guard] = counts.get(guard, 0) + n
     return counts, "USES: counted from the run store's ledger and this process."
@@ -177,20 +189,31 @@ def run_bypasses(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ledger_guard_ids() -> tuple[set[str], str]:
-    store = _config.get_config().store
+def _ledger_guard_ids(store: Any = None) -> tuple[set[str], str]:
+    """Guard ids seen in the store's ledger: `budget:<pool>` per pool, and rows' guard ids."""
+    store = _config.get_config().store if store is None else store
     if store is None:
         return set(), (
             "Ledger: no run store configured, so budget:<pool> ids (pools are named at run "
             "time) are not listed; configure a store to list the ids seen in past runs."
         )
     reader = getattr(store, "guard_ids", None)
-    if not callable(reader):
+    if callable(reader):
+        return set(reader()), "Ledger: ids seen in the run store's ledger are included."
+    ledger = getattr(store, "ledger", None)
+    if not callable(ledger):
         return set(), (
-            f"Ledger: the configured store {type(store).__name__} cannot list guard ids "
-            f"(it has no guard_ids())."
+            f"Ledger: the configured store {type(store).__name__} cannot list its ledger "
+            f"(it has neither guard_ids() nor ledger())."
         )
-    return set(reader()), "Ledger: ids seen in the run store's ledger are included."
+    ids: set[str] = set()
+    for row in ledger(limit=LEDGER_SCAN_ROWS):
+        if row.pool:
+            ids.add(f"budget:{row.pool}")
+        detail = row.detail or {}
+        if isinstance(detail.get("guard_id"), str):
+            ids.add(detail["guard_id"])
+    return ids, f"Ledger: ids seen in the last {LEDGER_SCAN_ROWS:,} ledger rows are included."
 
 
 def run_guards(args: argparse.Namespace) -> int:
