@@ -56,8 +56,9 @@ from typing_extensions import ParamSpec
 from . import _config, telemetry
 from ._events import record_event
 from .alerts import Alert, emit_alert
-from .bypass import active_bypass, record_bypass_use
-from .checks import Check, CheckResult, run_checks
+from ._guards import declare_guard
+from .bypasses import active_bypass, record_bypass_use
+from .checks import AllOf, Check, CheckResult, run_checks
 from .errors import (
     TERMINAL_ERRORS,
     AgentGuardError,
@@ -611,6 +612,10 @@ class _Policy:
             telemetry.ATTR.RETRY_MAX_ATTEMPTS: attempts,
         }
         self.first_attempt_attrs: dict[str, Any] = {r: route, telemetry.ATTR.ATTEMPT: 1}
+        declare_guard(self.guard_id, where)
+        if checks is not None:
+            for c in checks.checks if isinstance(checks, AllOf) else (checks,):
+                declare_guard(c.guard_id(route), where)
 
     def span_attrs(self) -> dict[str, Any]:
         """Attributes of the call span at its start (attempts as the testing mode sets)."""

@@ -18,6 +18,8 @@ __all__ = [
     "SPAN_CHAT",
     "SPAN_RETRY",
     "SPAN_RETRY_ATTEMPT",
+    "EVENT_BYPASS_USED",
+    "EVENT_BYPASS_EXPIRED",
     "ATTR",
     "METRIC",
     "tracing_enabled",
@@ -37,6 +39,10 @@ SPAN_RETRY = "retry {route}"
 """One logical call under `@ag.retry`, covering every attempt and wait (INTERNAL)."""
 SPAN_RETRY_ATTEMPT = "attempt {route}"
 """One attempt of a retried call, child of the `retry {route}` span (INTERNAL)."""
+EVENT_BYPASS_USED = "agentguard.bypass.used"
+"""Span event on the current span each time a bypass lets a call through."""
+EVENT_BYPASS_EXPIRED = "agentguard.bypass.expired"
+"""Span event on the current span at the first hit of a guard after its bypass expired."""
 
 
 class ATTR:
@@ -69,6 +75,11 @@ class ATTR:
     RETRY_MAX_ATTEMPTS = "agentguard.retry.max_attempts"  # on the call span: allowed
     RETRY_STOP = "agentguard.retry.stop"  # why no further attempt: attempts/timeout/...
     OWNER = "agentguard.bypass.owner"
+    BYPASS_ENTRY = "agentguard.bypass.entry"  # the entry's guard id or pattern
+    BYPASS_REASON = "agentguard.bypass.reason"
+    BYPASS_TICKET = "agentguard.bypass.ticket"
+    BYPASS_EXPIRES = "agentguard.bypass.expires"  # ISO 8601, UTC
+    BYPASS_WOULD_HAVE = "agentguard.bypass.would_have"  # what the guard would have done
 
 
 class METRIC:
