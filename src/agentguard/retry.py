@@ -55,8 +55,8 @@ from typing_extensions import ParamSpec
 
 from . import _config, telemetry
 from ._events import record_event
-from .alerts import Alert, emit_alert
 from ._guards import declare_guard
+from .alerts import Alert, emit_alert
 from .bypasses import active_bypass, record_bypass_use
 from .checks import AllOf, Check, CheckResult, run_checks
 from .errors import (
