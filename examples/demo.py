@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 SECTIONS: list[tuple[str, str]] = [
     ("bypass_expiry.py", "2. The 'just this once' bypass that becomes permanent"),
     ("budget_leak.py", "3. Budget leaks through agent loops"),
+    ("retry_visibility.py", "5. The 'successful' retry that hides repeated failure"),
 ]
 
 

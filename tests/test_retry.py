@@ -342,13 +342,14 @@ def test_a_check_that_raises_is_a_check_error_not_an_anomaly_and_is_not_retried(
     ids=["BudgetExceeded", "NoActivePool", "BudgetUnavailable", "CorrectionsExhausted",
          "ToolArgumentError"],
 )
+@pytest.mark.parametrize("on", [(Exception,), lambda exc: True], ids=["Exception", "predicate"])
 def test_terminal_errors_are_never_retried_even_with_on_exception(
-    route: str, terminal: Any
+    route: str, terminal: Any, on: Any
 ) -> None:
     calls = 0
     error = terminal()
 
-    @ag.retry(route=route, attempts=5, on=(Exception,))
+    @ag.retry(route=route, attempts=5, on=on)
     def call() -> None:
         nonlocal calls
         calls += 1
@@ -927,3 +928,20 @@ def test_metric_names_are_listed_in_telemetry() -> None:
     assert telemetry.METRIC.RETRY_DURATION == "agentguard.retry.duration"
     assert telemetry.METRIC.RETRY_CALLS_RETRIED == "agentguard.retry.calls_retried"
     assert telemetry.SPAN_RETRY.format(route="x") == "retry x"
+
+
+def test_the_retry_example_tells_the_catalog_story() -> None:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    out = subprocess.run(
+        [sys.executable, str(root / "examples" / "retry_visibility.py")],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    ).stdout
+    assert "1875 upstream calls (1.875x)" in out
+    assert "summarize   1000    51.6%          1.875" in out
+    assert "24.20 s" in out and "charged 1875 LLM calls" in out
+    assert "ends in ContentAnomaly (anomaly, anomaly)" in out
