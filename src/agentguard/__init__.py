@@ -5,10 +5,10 @@ Every name a user needs is re-exported here; the logic lives in one module per c
 
 from __future__ import annotations
 
+from . import checks
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
-from . import checks
 from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
 from .errors import (
     AgentGuardError,
@@ -24,6 +24,7 @@ from .errors import (
     LoopDetected,
     NoActivePool,
     RetriesExhausted,
+    StoreError,
     ToolArgumentError,
     UnknownPrice,
 )
@@ -76,4 +77,9 @@ __all__ = [
     "ContentAnomaly",
     "RetriesExhausted",
     "BypassError",
+    "StoreError",
 ]
+
+from .store import _configure_from_env
+
+_configure_from_env()

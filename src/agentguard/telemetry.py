@@ -60,6 +60,9 @@ class ATTR:
     RESEND_COUNT = "http.request.resend_count"
     WAIT_SECONDS = "agentguard.retry.wait_seconds"
     OWNER = "agentguard.bypass.owner"
+    CHECK = "agentguard.check"
+    JOB = "agentguard.job"
+    STATUS = "agentguard.status"
 
 
 class METRIC:
@@ -79,6 +82,8 @@ class METRIC:
     RETRY_CALLS_RETRIED = "agentguard.retry.calls_retried"  # counter by route
     RETRY_DURATION = "agentguard.retry.duration"  # histogram, s, after retries and backoff
     BYPASS_USED = "agentguard.bypass.used"  # counter by guard id, owner
+    STORE_ERRORS = "agentguard.store.errors"  # counter: store writes/reads that failed
+    JOB_RUNS = "agentguard.job.runs"  # counter: `agentguard run` verdicts by job, status
 
 
 _SLOW: Any = object()
