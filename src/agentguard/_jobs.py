@@ -117,6 +117,8 @@ class JobVerdict:
             body = "(exit 0, but the output is not usable): " + "; ".join(self.reasons)
         elif self.status == "interrupted":
             body = f"(signal {self.signal} forwarded; command exit {self.command_exit})"
+        elif self.command_exit is None:
+            body = "(the command could not be started)"
         else:
             body = f"(command exit {self.command_exit})"
             if self.reasons:
@@ -479,9 +481,7 @@ def _cannot_start(
         reasons=(f"Command: {reason}",),
         command=_describe_command(spec.command),
     )
-    errors = _record(
-        store, record, CheckResult(anomalies=(anomaly,)), spec, "failed", None, 0.0
-    )
+    errors = _record(store, record, CheckResult(anomalies=(anomaly,)), spec, "failed", None, 0.0)
     return JobVerdict(
         run_id=run_id,
         name=spec.name,

@@ -323,7 +323,8 @@ class NotEmpty(Check):
         if isinstance(output, (bytes, bytearray, memoryview)):
             data = bytes(output)
             if not data.strip():
-                return f"the output is {len(data)} bytes of nothing"
+                unit = "byte" if len(data) == 1 else "bytes"
+                return f"the output is {len(data)} {unit} of nothing"
             return self._why_empty(data[:256].decode("utf-8", "replace"), depth)
         if isinstance(output, Path):
             if not output.exists():
@@ -380,7 +381,8 @@ class _NotEmptyScanner(Scanner):
 
     def result(self, ctx: CheckContext) -> CheckResult:
         if self.nonblank == 0:
-            why = f"the output is {self.total} bytes of nothing"
+            unit = "byte" if self.total == 1 else "bytes"
+            why = f"the output is {self.total} {unit} of nothing"
             return CheckResult(anomalies=(Anomaly(self.check.name, why),))
         if self.total <= self.HEAD:
             return self.check.evaluate(bytes(self.head), ctx)

@@ -894,4 +894,3 @@ def report_failure(what: str, exc: BaseException) -> None:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
-
