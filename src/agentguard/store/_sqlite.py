@@ -394,12 +394,13 @@ class SQLiteStore:
         self._writer.start()
 
     def _writer_loop(self) -> None:
+        started = time.monotonic()
         while not self._stop.wait(self.flush_interval):
             active = _config.get_config().store is self
             if active:
                 self._seen_active = True
-            elif self._seen_active:
-                break
+            elif self._seen_active or time.monotonic() - started > 1.0:
+                break  # replaced by configure(store=...): a last flush, then stop
             try:
                 self.flush()
             except StoreError as exc:
