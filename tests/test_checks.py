@@ -288,3 +288,11 @@ def test_file_larger_than_64_mib_must_be_streamed(tmp_path: Path) -> None:
         fh.truncate(65 * 1024 * 1024)
     with pytest.raises(ag.ConfigurationError, match="scanner"):
         NoErrorKeywords().evaluate(big, ctx())
+
+
+def test_json_text_with_empty_results_is_an_anomaly_in_a_stream_too() -> None:
+    body = b'{"results": []}\n'
+    result = scan(NotEmpty(), body, ctx(), size=4)
+    assert not result.ok and "(the output is JSON)" in result.reasons[0]
+    assert NotEmpty().evaluate('{"results": [1]}', ctx()).ok
+    assert NotEmpty().evaluate("{not json", ctx()).ok

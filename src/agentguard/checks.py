@@ -306,6 +306,8 @@ class NotEmpty(Check):
     """The output has content: not None, blank, an empty container or a placeholder string."""
 
     name = "NotEmpty"
+    JSON_LIMIT = 4096
+    """Text outputs up to this size that look like JSON are parsed and checked as JSON."""
 
     def __init__(self, placeholders: Iterable[str] = DEFAULT_PLACEHOLDERS) -> None:
         self.placeholders = frozenset(p.strip().lower() for p in placeholders)
@@ -319,13 +321,23 @@ class NotEmpty(Check):
                 return "the output is empty or whitespace" if output else "the output is ''"
             if text.lower() in self.placeholders:
                 return f"the output is the placeholder {text[:40]!r}"
+            if depth == 0 and text[0] in "[{" and len(text) <= self.JSON_LIMIT:
+                # a job or an HTTP body that prints JSON: `{"results": []}` is empty too
+                try:
+                    parsed = json.loads(text)
+                except ValueError:
+                    return None
+                why = self._why_empty(parsed, depth + 1)
+                return f"{why} (the output is JSON)" if why else None
             return None
         if isinstance(output, (bytes, bytearray, memoryview)):
             data = bytes(output)
             if not data.strip():
                 unit = "byte" if len(data) == 1 else "bytes"
                 return f"the output is {len(data)} {unit} of nothing"
-            return self._why_empty(data[:256].decode("utf-8", "replace"), depth)
+            if len(data) > self.JSON_LIMIT:
+                return None
+            return self._why_empty(data.decode("utf-8", "replace"), depth)
         if isinstance(output, Path):
             if not output.exists():
                 return f"the file {str(output)!r} was never written"
@@ -364,7 +376,7 @@ class NotEmpty(Check):
 
 
 class _NotEmptyScanner(Scanner):
-    HEAD = 256
+    HEAD = NotEmpty.JSON_LIMIT
 
     def __init__(self, check: NotEmpty) -> None:
         self.check = check
