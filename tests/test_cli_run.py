@@ -259,7 +259,8 @@ def cli_env() -> dict[str, str]:
 def test_output_passes_through_byte_for_byte(store_path: Path) -> None:
     payload = bytes(range(256)) * 300 + b"\nSummary: binary ok\n"
     job = (
-        "import sys; sys.stdout.buffer.write(bytes(range(256)) * 300 + b'\\nSummary: binary ok\\n');"
+        "import sys; out = sys.stdout.buffer;"
+        " out.write(bytes(range(256)) * 300 + b'\\nSummary: binary ok\\n');"
         " sys.stderr.write('log line\\n')"
     )
     done = subprocess.run(
