@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._table import fmt_duration, fmt_money, fmt_num, fmt_time, render_table
+from ._table import fmt_duration, fmt_money, fmt_num, fmt_time, plural, render_table
 from .errors import AgentGuardError
 from .store import SQLiteStore
 
@@ -86,7 +86,7 @@ def _jobs(ctx: AuditContext) -> AuditSection:
     bad = sum(1 for r in runs if r.status != "ok")
     return AuditSection(
         title="Scheduled jobs (agentguard run)",
-        summary=f"{len(runs)} runs of {len(by_name)} jobs, {bad} not ok",
+        summary=f"{plural(len(runs), 'run')} of {plural(len(by_name), 'job')}, {bad} not ok",
         columns=("JOB", "RUNS", "OK", "ANOMALY", "FAILED", "LAST", "LAST REASON"),
         rows=rows,
     )
@@ -115,7 +115,7 @@ def _pool_runs(ctx: AuditContext) -> AuditSection:
         )
     return AuditSection(
         title="Agent runs (root budget pools)",
-        summary=f"{len(runs)} runs of {len(by_name)} pools",
+        summary=f"{plural(len(runs), 'run')} of {plural(len(by_name), 'pool')}",
         columns=(
             "POOL",
             "RUNS",
@@ -135,7 +135,8 @@ def _anomalies(ctx: AuditContext) -> AuditSection:
     shown = rows[-REPORT_LIMIT:][::-1]
     return AuditSection(
         title="Content anomalies",
-        summary=f"{len(rows)} anomalies" + (f", latest {len(shown)} shown" if rows else ""),
+        summary=plural(len(rows), "anomaly", "anomalies")
+        + (f", latest {len(shown)} shown" if rows else ""),
         columns=("WHEN", "ROUTE / JOB", "RUN", "CHECK", "REASON"),
         rows=[
             (
@@ -171,7 +172,7 @@ def _cost_outliers(ctx: AuditContext) -> AuditSection:
         )
     return AuditSection(
         title="Cost outliers (a call or run above 5x its median)",
-        summary=f"{len(rows)} outliers",
+        summary=plural(len(rows), "outlier"),
         columns=("WHEN", "SCOPE", "ROUTE / POOL", "RUN", "MEASURE", "VALUE", "MEDIAN", "RATIO"),
         rows=table,
     )
@@ -188,7 +189,7 @@ def _alerts(ctx: AuditContext) -> AuditSection:
     ]
     return AuditSection(
         title="Alerts by kind",
-        summary=f"{len(rows)} alerts",
+        summary=plural(len(rows), "alert"),
         columns=("KIND", "COUNT", "LAST", "LAST MESSAGE"),
         rows=table,
     )
@@ -220,7 +221,8 @@ def _routes(ctx: AuditContext) -> AuditSection:
     figures = ctx.store.route_figures(since=ctx.since)
     return AuditSection(
         title="Per-route figures (guarded calls)",
-        summary=f"{sum(f.calls for f in figures):,} calls on {len(figures)} routes",
+        summary=f"{plural(sum(f.calls for f in figures), 'call')} on "
+        f"{plural(len(figures), 'route')}",
         columns=("ROUTE", "CALLS", "ERRORS", "REFUSED", "P50", "P99", "COST", "TOKENS"),
         rows=[
             (

@@ -55,3 +55,8 @@ def fmt_num(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.4g}"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 run`, `2 runs`, `0 anomalies` (pass `many` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
