@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 
 # (file, title): each file has a main() that prints its story.
 SECTIONS: list[tuple[str, str]] = [
+    ("empty_output_job.py", "1. Exit 0, empty output"),
     ("budget_leak.py", "3. Budget leaks through agent loops"),
 ]
 
