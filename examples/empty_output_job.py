@@ -68,7 +68,7 @@ def main() -> None:
         print("cron: agentguard run --name daily-summary --expect '^Summary:' -- python summary.py")
         for n, rows, story in [
             (1, HEALTHY, "4 regions of orders"),
-            (2, HEALTHY[:3] + [{"region": "west", "orders": 91}], "4 regions again"),
+            (2, [*HEALTHY[:3], {"region": "west", "orders": 91}], "4 regions again"),
             (3, [], "the upstream API key expired: rows == [], the script still exits 0"),
         ]:
             v = night(workdir, store, rows)
