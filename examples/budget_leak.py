@@ -76,8 +76,9 @@ def main() -> None:
         steps = run_agent(tickets, step_budget=20)
     made = CALLS_MADE["provider"] + CALLS_MADE["crm"]
     print(f"  the counter saw {steps} steps (of 20 allowed): all green")
-    print(f"  calls that reached the provider and the CRM: {made} "
-          f"({CALLS_MADE['crm']} CRM, {CALLS_MADE['provider']} model): the bill is {made / 20:.1f}x")
+    crm, model = CALLS_MADE["crm"], CALLS_MADE["provider"]
+    print(f"  calls that reached the provider and the CRM: {made} ({crm} CRM, {model} model):")
+    print(f"  {made / 20:.1f}x what '20 calls max' promised")
     print("\nAfter: one BudgetPool(tool_calls=20) charged at every innermost call")
     CALLS_MADE.update(provider=0, crm=0)
     pool = ag.BudgetPool(tool_calls=20, llm_calls=20, cost_usd=0.05, name="ticket-triage")

@@ -161,3 +161,21 @@ def test_audit_reads_a_store_another_process_is_writing(
     assert main(["audit", "--store", str(busy_store)]) == 0
     writer.close()
     assert "Scheduled jobs" in capfd.readouterr().out
+
+
+def test_audit_shows_bypasses_with_uses_counted_from_the_store(
+    busy_store: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from agentguard import bypasses
+
+    until = (datetime.now(timezone.utc) + timedelta(days=10)).date().isoformat()
+    bypasses.bypass(
+        "budget:support-agent", owner="ana", reason="launch week traffic", expires=until
+    )
+    assert main(["audit", "--store", str(busy_store)]) == 0
+    out = capfd.readouterr().out
+    section = out[out.index("Bypasses") :]
+    assert "budget:support-agent" in section and "ana" in section
+    assert "counted from the run store" in section

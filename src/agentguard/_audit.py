@@ -241,21 +241,22 @@ def _routes(ctx: AuditContext) -> AuditSection:
 
 
 def bypass_section(ctx: AuditContext) -> AuditSection:
-    """The bypass table from `agentguard.bypasses.render_bypasses`, when that module exists."""
+    """The bypass table of `agentguard bypasses`: entries of the project file, uses from the store.
+
+    Reads the nearest `agentguard.toml` / `pyproject.toml` (like `agentguard bypasses`); the
+    use counts come from this store's ledger.
+    """
     try:
-        module = importlib.import_module("agentguard.bypasses")
-    except ImportError:
-        return AuditSection(
-            title="Bypasses",
-            summary="not available in this build (no agentguard.bypasses module)",
-        )
-    render = getattr(module, "render_bypasses", None)
-    if render is None:
-        return AuditSection(
-            title="Bypasses",
-            summary="not available: agentguard.bypasses has no render_bypasses()",
-        )
-    return AuditSection(title="Bypasses", text=str(render()))
+        from . import _cli_bypasses, bypasses
+    except ImportError as exc:
+        return AuditSection(title="Bypasses", summary=f"not available in this build ({exc})")
+    if not bypasses.registered_bypasses():
+        bypasses.load_bypasses()
+    uses, note = _cli_bypasses.store_use_counts(ctx.store)
+    statuses = bypasses.bypass_statuses(uses=uses, count_uses=uses is not None)
+    return AuditSection(
+        title="Bypasses", text=str(bypasses.render_bypasses(statuses, uses_note=note))
+    )
 
 
 SECTION_PROVIDERS: list[SectionProvider | str] = [
