@@ -26,6 +26,7 @@ from .errors import (
     LoopDetected,
     NoActivePool,
     RetriesExhausted,
+    StoreError,
     ToolArgumentError,
     UnknownPrice,
 )
@@ -107,4 +108,9 @@ __all__ = [
     "RetriesExhausted",
     "CheckError",
     "BypassError",
+    "StoreError",
 ]
+
+from .store import _configure_from_env
+
+_configure_from_env()

@@ -41,7 +41,10 @@ _UNSET: Any = object()
 
 _get_pool = _current.get
 _call_listeners: list[Callable[[CallInfo], None]] = []
-"""Called after each guarded call finishes (the store's history and outlier alerts)."""
+"""Called after each guarded call finishes (instrumentation; costs every tool call)."""
+_llm_listeners: list[Callable[[CallInfo], None]] = []
+"""Called after each guarded LLM call only (the store's cost-outlier watch): tool calls pay
+nothing for it."""
 
 _provenance_sources: set[str] = set()
 """Tool names whose outputs some `Verbatim` validator may need; only these are recorded."""
@@ -309,6 +312,11 @@ def _notify(info: CallInfo) -> None:
         listener(info)
 
 
+def _notify_llm(info: CallInfo) -> None:
+    for listener in list(_llm_listeners):
+        listener(info)
+
+
 def _tool_span(tool: str, route: str, pool: BudgetPool) -> Any:
     tracer = telemetry.get_tracer()
     span = tracer.start_span(
@@ -512,6 +520,8 @@ def llm_call(
             _llm_telemetry(info, span)
             if _call_listeners:
                 _notify(info)
+            if _llm_listeners:
+                _notify_llm(info)
 
         def fail(info: CallInfo, exc: BaseException, t0: float, span: Any) -> None:
             info.duration = perf_counter() - t0
@@ -521,6 +531,8 @@ def llm_call(
             _end_span(span, exc)
             if _call_listeners:
                 _notify(info)
+            if _llm_listeners:
+                _notify_llm(info)
 
         if _is_async(func):
             afunc: Callable[..., Awaitable[Any]] = func  # type: ignore[assignment]

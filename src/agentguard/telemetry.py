@@ -80,6 +80,9 @@ class ATTR:
     BYPASS_TICKET = "agentguard.bypass.ticket"
     BYPASS_EXPIRES = "agentguard.bypass.expires"  # ISO 8601, UTC
     BYPASS_WOULD_HAVE = "agentguard.bypass.would_have"  # what the guard would have done
+    CHECK = "agentguard.check"
+    JOB = "agentguard.job"
+    STATUS = "agentguard.status"
 
 
 class METRIC:
@@ -100,6 +103,8 @@ class METRIC:
     RETRY_DURATION = "agentguard.retry.duration"  # histogram, s, after retries and backoff
     RETRY_BUDGET_EXHAUSTED = "agentguard.retry.budget_exhausted"  # counter by route
     BYPASS_USED = "agentguard.bypass.used"  # counter by guard id, owner
+    STORE_ERRORS = "agentguard.store.errors"  # counter: store writes/reads that failed
+    JOB_RUNS = "agentguard.job.runs"  # counter: `agentguard run` verdicts by job, status
 
 
 _SLOW: Any = object()
