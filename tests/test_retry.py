@@ -945,3 +945,38 @@ def test_the_retry_example_tells_the_catalog_story() -> None:
     assert "summarize   1000    51.6%          1.875" in out
     assert "24.20 s" in out and "charged 1875 LLM calls" in out
     assert "ends in ContentAnomaly (anomaly, anomaly)" in out
+
+
+def test_agentguard_audit_prints_the_retry_table_from_the_store(
+    tmp_path: Any, clock: VirtualClock, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from agentguard.cli import main
+
+    path = tmp_path / "ag.db"
+    ag.configure(store=path)
+    upstream = Upstream(p=0.5, seed=76, clock=clock, latency=0.8)
+
+    @ag.retry(route="audit.summarize", attempts=4, on=TimeoutError,
+              wait=ag.wait.exponential(initial=3, max=12, jitter=0), alert_rate=None)
+    @ag.llm_call(route="audit.summarize", max_tokens=10)
+    def summarize() -> str:
+        text = upstream()
+        ag.record_usage(input_tokens=10, output_tokens=10)
+        return text
+
+    with ag.set_testing(True), ag.BudgetPool(name="nightly"):
+        for _ in range(1000):
+            try:
+                summarize()
+            except ag.RetriesExhausted:
+                pass
+    ag.get_config().store.flush()
+    ag.configure(store=None)
+    capfd.readouterr()
+    assert main(["audit", "--store", str(path), "--since", "all"]) == 0
+    out = capfd.readouterr().out
+    section = out[out.index("Retries (@ag.retry)"):]
+    assert "1000 call(s) on 1 route(s)" in section and "1.875 attempts per call" in section
+    line = next(row for row in section.splitlines() if "audit.summarize" in row)
+    assert line.split()[1:4] == ["1000", "51.6%", "1.875"]
+    assert "800 ms" in line and "24.20 s" in line

@@ -267,6 +267,7 @@ SECTION_PROVIDERS: list[SectionProvider | str] = [
     _alerts,
     _dead_letters,
     _routes,
+    "agentguard.retry:audit_section",
     bypass_section,
 ]
 """The audit's sections in order; append a provider or a `"module:function"` string."""

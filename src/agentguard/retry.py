@@ -81,6 +81,7 @@ __all__ = [
     "retry_stats",
     "summarize_retries",
     "render_retry_table",
+    "audit_section",
     "set_testing",
     "is_testing",
     "OK",
@@ -1627,9 +1628,34 @@ def summarize_retries(rows: Iterable[Any]) -> dict[str, RetryStats]:
 def _fmt_s(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 0.001:
+        return f"{value * 1e6:.0f} us"
     if value < 1:
         return f"{value * 1000:.0f} ms"
     return f"{value:.2f} s"
+
+
+_TABLE_HEADER = (
+    "route", "calls", "retried", "attempts/call", "failed",
+    "p50 first", "p50 after", "p99 first", "p99 after",
+)
+
+
+def _table_rows(stats: Mapping[str, RetryStats]) -> list[tuple[str, ...]]:
+    return [
+        (
+            s.route,
+            str(s.calls),
+            f"{s.retry_rate:.1%}",
+            f"{s.mean_attempts:.3f}",
+            f"{s.failed / s.calls:.1%}",
+            _fmt_s(s.first_p50),
+            _fmt_s(s.p50),
+            _fmt_s(s.first_p99),
+            _fmt_s(s.p99),
+        )
+        for s in stats.values()
+    ]
 
 
 def render_retry_table(rows: Iterable[Any]) -> str:
@@ -1639,26 +1665,8 @@ def render_retry_table(rows: Iterable[Any]) -> str:
     stats = summarize_retries(rows)
     if not stats:
         return "retries: no retried routes recorded (no @ag.retry call has run)."
-    header = (
-        "route", "calls", "retried", "attempts/call", "failed",
-        "p50 first", "p50 after", "p99 first", "p99 after",
-    )
-    lines = [header]
-    for s in stats.values():
-        lines.append(
-            (
-                s.route,
-                str(s.calls),
-                f"{s.retry_rate:.1%}",
-                f"{s.mean_attempts:.3f}",
-                f"{s.failed / s.calls:.1%}",
-                _fmt_s(s.first_p50),
-                _fmt_s(s.p50),
-                _fmt_s(s.first_p99),
-                _fmt_s(s.p99),
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    lines = [_TABLE_HEADER, *_table_rows(stats)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(_TABLE_HEADER))]
     out = []
     for line in lines:
         cells = [line[0].ljust(widths[0])]
@@ -1666,3 +1674,31 @@ def render_retry_table(rows: Iterable[Any]) -> str:
         out.append("  ".join(cells).rstrip())
     return "\n".join(out)
 
+
+def audit_section(ctx: Any) -> Any:
+    """The `agentguard audit` section: per-route retry figures from the store's `retry` rows.
+
+    `ctx` is an `agentguard._audit.AuditContext`; returns an `AuditSection`.
+    """
+    from ._audit import AuditSection
+
+    stats = summarize_retries(ctx.store.ledger(kind="retry", since=ctx.since))
+    calls = sum(s.calls for s in stats.values())
+    retried = sum(s.retried for s in stats.values())
+    attempts = sum(s.attempts for s in stats.values())
+    summary = (
+        f"{calls} call(s) on {len(stats)} route(s), {retried} needed a retry"
+        + (f", {attempts / calls:.3f} attempts per call" if calls else "")
+    )
+    return AuditSection(
+        title="Retries (@ag.retry)",
+        summary=summary,
+        columns=tuple(h.upper() for h in _TABLE_HEADER),
+        rows=_table_rows(stats),
+        note=(
+            "latency 'after' is the whole call, retries and backoff included; 'first' is the "
+            "first attempt alone"
+        )
+        if stats
+        else None,
+    )
