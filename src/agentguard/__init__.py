@@ -26,6 +26,7 @@ from .errors import (
     ToolArgumentError,
     UnknownPrice,
 )
+from .instrument import instrument, instrumented, uninstrument
 from .usage import Price, Usage, genai_price, read_usage
 
 __version__ = "0.1.0"
@@ -45,6 +46,10 @@ __all__ = [
     "record_usage",
     "current_call",
     "CallInfo",
+    # SDK instrumentation
+    "instrument",
+    "uninstrument",
+    "instrumented",
     # usage and price
     "Usage",
     "Price",
