@@ -12,7 +12,7 @@ Azure and Bedrock/Vertex clients) is covered; and `BaseClient._build_request`, w
 SDK calls once per HTTP attempt, so each SDK-level retry is charged as one more LLM call.
 
 Covered endpoints (`COVERED_ENDPOINTS`): OpenAI `/chat/completions`, `/responses`,
-`/responses/compact`, `/completions`, `/embeddings`; Anthropic `/v1/messages` (including
+`/responses/compact`, `/completions`, `/embeddings`, `/decisions`; Anthropic `/v1/messages` (including
 the beta messages API). Everything else the SDKs send (files, batches, count_tokens, ...)
 passes through untouched.
 
@@ -92,6 +92,7 @@ _OPS: dict[str, dict[str, _Op]] = {
             "openai", "/completions", "openai.completions", "text_completion", stream_usage=True
         ),
         "/embeddings": _op("openai", "/embeddings", "openai.embeddings", "embeddings"),
+        "/decisions": _op("openai", "/decisions", "openai.decisions", "chat"),
     },
     "anthropic": {
         "/v1/messages": _op("anthropic", "/v1/messages", "anthropic.messages", "chat"),
