@@ -1,4 +1,4 @@
-"""An offline OpenAI + Anthropic server behind `httpx.MockTransport`, for the real SDK clients.
+"""An offline OpenAI + Anthropic server behind `httpx2.MockTransport`, for the real SDK clients.
 
 It answers what the real APIs answer (JSON bodies, SSE streams with their final usage event),
 counts every request that reaches the transport, and can be told to fail with a status.
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anthropic
-import httpx
+import httpx2 as httpx  # the http library both SDKs use (an httpx fork)
 import openai
 
 USAGE_IN = 42
@@ -287,3 +287,65 @@ class Provider:
         return anthropic.AsyncAnthropic(
             api_key="test", http_client=http, max_retries=max_retries, **kwargs
         )
+
+
+# -- the SDK's request-making surface, for the "no silent gap" tests ------------------------
+
+
+def resource_surface(package: str) -> dict[str, set[str]]:
+    """Every resource class of an SDK -> its public methods (sync and async merged).
+
+    Keys are `module.Class` with the `Async` prefix removed, so a method the async client
+    gains without the sync one is seen too.
+    """
+    import importlib
+    import inspect
+    import pkgutil
+
+    resources = importlib.import_module(f"{package}.resources")
+    base = importlib.import_module(f"{package}._resource")
+    bases = (base.SyncAPIResource, base.AsyncAPIResource)
+    surface: dict[str, set[str]] = {}
+    for info in pkgutil.walk_packages(resources.__path__, resources.__name__ + "."):
+        module = importlib.import_module(info.name)
+        for name, cls in vars(module).items():
+            if not (inspect.isclass(cls) and issubclass(cls, bases)) or cls in bases:
+                continue
+            if cls.__module__ != module.__name__:
+                continue
+            key = f"{module.__name__}.{name[5:] if name.startswith('Async') else name}"
+            methods = {
+                n for n, v in vars(cls).items() if not n.startswith("_") and inspect.isfunction(v)
+            }
+            surface.setdefault(key, set()).update(methods)
+    return surface
+
+
+def surface_gaps(
+    package: str,
+    generation: dict[str, dict[str, str]],
+    out_of_scope: dict[str, tuple[str, str]],
+) -> list[str]:
+    """What the installed SDK has that the tables do not account for (empty: no gap).
+
+    `generation`: classes that call models, every public method listed with "charged" or the
+    reason it is not. `out_of_scope`: module prefixes -> (reason, the method names seen under
+    them); a new class outside every prefix, or a new method name under one, is a gap.
+    """
+    gaps: list[str] = []
+    for cls, methods in sorted(resource_surface(package).items()):
+        if cls in generation:
+            listed = set(generation[cls])
+            for m in sorted(methods - listed):
+                gaps.append(f"{cls}.{m}: new method on a generation resource")
+            for m in sorted(listed - methods):
+                gaps.append(f"{cls}.{m}: listed but gone from the SDK")
+            continue
+        prefix = next((p for p in out_of_scope if cls == p or cls.startswith(p + ".")), None)
+        if prefix is None:
+            gaps.append(f"{cls} {sorted(methods)}: new resource class, not classified")
+            continue
+        known = set(out_of_scope[prefix][1].split())
+        for m in sorted(methods - known):
+            gaps.append(f"{cls}.{m}: new method under out-of-scope {prefix!r}")
+    return gaps

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 import agentguard as ag
 from agentguard import calls
 from tests import otel
-from tests.sdk_mock import USAGE_IN, USAGE_OUT, Provider
+from tests.sdk_mock import USAGE_IN, USAGE_OUT, Provider, surface_gaps
 
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "What is six times seven?"}]
@@ -617,3 +617,163 @@ def test_every_request_that_reaches_the_transport_is_charged(actions: list[str],
                 pass
         assert pool.reserved == {}
     assert provider.sent == pool.spent["llm_calls"] <= limit
+
+
+# -- no silent gap: every request-making method of the SDK is accounted for -----------------
+
+_STORED = "reads or manages a stored object; no model runs"
+GENERATION: dict[str, dict[str, str]] = {
+    "openai.resources.chat.completions.completions.Completions": {
+        "create": "charged",
+        "parse": "charged",
+        "stream": "charged",
+        "retrieve": _STORED,
+        "update": _STORED,
+        "list": _STORED,
+        "delete": _STORED,
+    },
+    "openai.resources.responses.responses.Responses": {
+        "create": "charged",
+        "parse": "charged",
+        "stream": "charged (a resumed stream of an existing response is not: it was charged)",
+        "compact": "charged",
+        "retrieve": _STORED,
+        "cancel": _STORED,
+        "delete": _STORED,
+        "connect": "websocket session: out of scope (no per-request HTTP call to charge)",
+    },
+    "openai.resources.beta.responses.responses.Responses": {
+        "create": "charged",
+        "compact": "charged",
+        "retrieve": _STORED,
+        "cancel": _STORED,
+        "delete": _STORED,
+        "connect": "websocket session: out of scope",
+    },
+    "openai.resources.embeddings.Embeddings": {"create": "charged"},
+    "openai.resources.completions.Completions": {"create": "charged"},
+    "openai.resources.decisions.Decisions": {"create": "charged"},
+}
+
+_ADMIN = "organisation and account administration; no model runs"
+_MEDIA = "audio/image/video models, priced per second, character or image, not per token"
+_SERVER = "server-side runs (assistants, agents, evals, fine-tuning): billed by the service"
+_FILES = "file, upload, vector-store and container management; no generation"
+OUT_OF_SCOPE: dict[str, tuple[str, str]] = {
+    "openai.resources.admin": (_ADMIN, "activate archive audio_speeches audio_transcriptions "
+        "code_interpreter_sessions completions costs create deactivate decisions delete "
+        "embeddings file_search_calls images list list_rate_limits moderations retrieve "
+        "update update_rate_limit validate vector_stores web_search_calls"),
+    "openai.resources.audio": (_MEDIA, "create delete list retrieve update"),
+    "openai.resources.images": (_MEDIA, "create_variation edit generate"),
+    "openai.resources.videos": (_MEDIA, "create create_and_poll create_character delete "
+        "download_content edit extend get_character list poll remix retrieve"),
+    "openai.resources.batches": ("deferred batch jobs: charged by the service later", "cancel "
+        "create list retrieve"),
+    "openai.resources.beta.agents": (_SERVER, "content create delete for_result list pause "
+        "prepare prepare_directory resume retrieve stream update upload"),
+    "openai.resources.beta.assistants": (_SERVER, "create delete list retrieve update"),
+    "openai.resources.beta.beta": ("namespace", ""),
+    "openai.resources.beta.chatkit": (_SERVER, "cancel create delete list list_items retrieve"),
+    "openai.resources.beta.realtime": ("realtime websocket sessions", "connect create"),
+    "openai.resources.beta.responses": ("input items and token counting: free", "count list"),
+    "openai.resources.beta.threads": (_SERVER, "cancel create create_and_poll create_and_run "
+        "create_and_run_poll create_and_run_stream create_and_stream delete list poll retrieve "
+        "stream submit_tool_outputs submit_tool_outputs_and_poll submit_tool_outputs_stream "
+        "update"),
+    "openai.resources.chat.chat": ("namespace", ""),
+    "openai.resources.chat.completions.messages": (_STORED, "list"),
+    "openai.resources.containers": (_FILES, "create delete list retrieve"),
+    "openai.resources.content_provenance_checks": ("provenance check of a file", "create"),
+    "openai.resources.conversations": (_STORED, "create delete list retrieve update"),
+    "openai.resources.evals": (_SERVER, "cancel create delete list retrieve update"),
+    "openai.resources.files": (_FILES, "content create delete list retrieve retrieve_content "
+        "wait_for_processing"),
+    "openai.resources.fine_tuning": (_SERVER, "cancel create delete list list_events pause "
+        "resume retrieve run validate"),
+    "openai.resources.live": ("realtime websocket sessions", "accept connect create "
+        "download_recording fork hangup refer reject"),
+    "openai.resources.models": (_STORED, "delete list retrieve"),
+    "openai.resources.moderations": ("moderation is free", "create"),
+    "openai.resources.realtime": ("realtime websocket sessions", "accept connect create hangup "
+        "refer reject"),
+    "openai.resources.responses.input_items": (_STORED, "list"),
+    "openai.resources.responses.input_tokens": ("token counting is free", "count"),
+    "openai.resources.safety": (_STORED, "retrieve"),
+    "openai.resources.skills": (_STORED, "create delete list retrieve update"),
+    "openai.resources.uploads": (_FILES, "cancel complete create upload_file_chunked"),
+    "openai.resources.vector_stores": (_FILES, "cancel content create create_and_poll delete "
+        "list list_files poll retrieve search update upload upload_and_poll"),
+    "openai.resources.webhooks": (_ADMIN, "create delete list retrieve rotate_secret test "
+        "unwrap update verify_signature"),
+}
+
+
+def test_a_new_sdk_request_method_cannot_open_a_silent_gap() -> None:
+    gaps = surface_gaps("openai", GENERATION, OUT_OF_SCOPE)
+    assert gaps == [], (
+        "the installed openai SDK has resource methods agentguard does not account for; "
+        "cover them in agentguard.instrument (COVERED_ENDPOINTS) or list them here with a "
+        "reason:\n" + "\n".join(gaps)
+    )
+
+
+def test_the_gap_check_reports_a_method_it_has_never_seen() -> None:
+    trimmed = {k: dict(v) for k, v in GENERATION.items()}
+    del trimmed["openai.resources.chat.completions.completions.Completions"]["parse"]
+    out = {k: v for k, v in OUT_OF_SCOPE.items() if k != "openai.resources.images"}
+    gaps = surface_gaps("openai", trimmed, out)
+    assert any(g.endswith("Completions.parse: new method on a generation resource") for g in gaps)
+    assert any(g.startswith("openai.resources.images.Images ") for g in gaps)
+
+
+def _each_charged_method(client: openai.OpenAI) -> dict[str, Any]:
+    class Answer(BaseModel):
+        answer: str
+
+    def stream_chat() -> None:
+        with client.chat.completions.stream(model=MODEL, messages=MESSAGES) as s:
+            s.get_final_completion()
+
+    def stream_responses() -> None:
+        with client.responses.stream(model=MODEL, input="hi") as s:
+            s.get_final_response()
+
+    return {
+        "chat.completions.create": lambda: chat(client),
+        "chat.completions.parse": lambda: client.chat.completions.parse(
+            model=MODEL, messages=MESSAGES, response_format=Answer
+        ),
+        "chat.completions.stream": stream_chat,
+        "responses.create": lambda: client.responses.create(model=MODEL, input="hi"),
+        "responses.stream": stream_responses,
+        "beta.responses.create": lambda: client.beta.responses.create(model=MODEL, input="hi"),
+        "embeddings.create": lambda: client.embeddings.create(model=MODEL, input="hi"),
+    }
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "chat.completions.create",
+        "chat.completions.parse",
+        "chat.completions.stream",
+        "responses.create",
+        "responses.stream",
+        "beta.responses.create",
+        "embeddings.create",
+    ],
+)
+def test_each_charged_method_is_refused_outside_a_pool_and_charged_inside(
+    provider: Provider, method: str
+) -> None:
+    client = provider.openai()
+    call = _each_charged_method(client)[method]
+    with pytest.raises(ag.NoActivePool):
+        call()
+    assert provider.sent == 0
+    with ag.BudgetPool(name="run") as pool:
+        call()
+    assert provider.sent == 1
+    assert pool.spent["llm_calls"] == 1
+    assert pool.reserved == {}
