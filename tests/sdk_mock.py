@@ -145,7 +145,10 @@ def responses_sse(model: str, inp: int = USAGE_IN, out: int = USAGE_OUT) -> byte
                 "content": [{**part, "text": "Hello"}],
             },
         },
-        {"type": "response.completed", "response": _response_obj(model, "completed", inp, out, True)},
+        {
+            "type": "response.completed",
+            "response": _response_obj(model, "completed", inp, out, True),
+        },
     ]
     for n, event in enumerate(events):
         event["sequence_number"] = n

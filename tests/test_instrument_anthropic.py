@@ -35,14 +35,17 @@ def provider() -> Provider:
 
 def create(client: anthropic.Anthropic, max_tokens: int = 256, **kwargs: Any) -> Any:
     return client.messages.create(
-        model=MODEL, max_tokens=max_tokens, messages=MESSAGES, **kwargs  # type: ignore[arg-type]
+        model=MODEL,
+        max_tokens=max_tokens,
+        messages=MESSAGES,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
 def test_raw_messages_create_outside_any_pool_is_refused_before_it_leaves(
     provider: Provider,
 ) -> None:
-    with pytest.raises(ag.NoActivePool, match="anthropic.messages"):
+    with pytest.raises(ag.NoActivePool, match=r"anthropic\.messages"):
         create(provider.anthropic())
     assert provider.sent == 0
 
@@ -283,36 +286,59 @@ OUT_OF_SCOPE: dict[str, tuple[str, str]] = {
     "anthropic.resources.beta.agents": (_SERVER, "archive create list retrieve update"),
     "anthropic.resources.beta.beta": ("namespace", ""),
     "anthropic.resources.beta.deployment_runs": (_SERVER, "list retrieve"),
-    "anthropic.resources.beta.deployments": (_SERVER, "archive create list pause retrieve run "
-        "unpause update"),
+    "anthropic.resources.beta.deployments": (
+        _SERVER,
+        "archive create list pause retrieve run unpause update",
+    ),
     "anthropic.resources.beta.dreams": (_SERVER, "archive cancel create list retrieve"),
-    "anthropic.resources.beta.environments": (_SERVER, "ack archive create delete heartbeat "
-        "list poll poller retrieve stats stop update worker"),
+    "anthropic.resources.beta.environments": (
+        _SERVER,
+        "ack archive create delete heartbeat list poll poller retrieve stats stop update worker",
+    ),
     "anthropic.resources.beta.files": (_STORED, "delete download list retrieve_metadata upload"),
-    "anthropic.resources.beta.memory_stores": (_STORED, "archive create delete list redact "
-        "retrieve update"),
-    "anthropic.resources.beta.messages.batches": ("deferred batches: charged by the service "
-        "later", "cancel create delete list results retrieve"),
+    "anthropic.resources.beta.memory_stores": (
+        _STORED,
+        "archive create delete list redact retrieve update",
+    ),
+    "anthropic.resources.beta.messages.batches": (
+        "deferred batches: charged by the service later",
+        "cancel create delete list results retrieve",
+    ),
     "anthropic.resources.beta.models": (_STORED, "list retrieve"),
-    "anthropic.resources.beta.organization": (_ADMIN, "add approve archive create delete deny "
+    "anthropic.resources.beta.organization": (
+        _ADMIN,
+        "add approve archive create delete deny "
         "download list regenerate_signing_secret remove retrieve set sign_out test update "
-        "validate validate_archive validate_repository"),
-    "anthropic.resources.beta.sessions": (_SERVER, "add archive create delete list retrieve "
-        "send stream tool_runner update"),
+        "validate validate_archive validate_repository",
+    ),
+    "anthropic.resources.beta.sessions": (
+        _SERVER,
+        "add archive create delete list retrieve send stream tool_runner update",
+    ),
     "anthropic.resources.beta.skills": (_STORED, "create delete download list retrieve"),
-    "anthropic.resources.beta.tunnels": (_ADMIN, "archive create list retrieve reveal_token "
-        "rotate_token"),
-    "anthropic.resources.beta.user_profiles": (_ADMIN, "create create_enrollment_url delete list "
-        "retrieve update"),
-    "anthropic.resources.beta.vaults": (_ADMIN, "archive create delete list mcp_oauth_validate "
-        "retrieve update"),
+    "anthropic.resources.beta.tunnels": (
+        _ADMIN,
+        "archive create list retrieve reveal_token rotate_token",
+    ),
+    "anthropic.resources.beta.user_profiles": (
+        _ADMIN,
+        "create create_enrollment_url delete list retrieve update",
+    ),
+    "anthropic.resources.beta.vaults": (
+        _ADMIN,
+        "archive create delete list mcp_oauth_validate retrieve update",
+    ),
     "anthropic.resources.beta.webhooks": (_ADMIN, "parse_unverified unwrap"),
     "anthropic.resources.files": (_STORED, "delete download list retrieve_metadata upload"),
-    "anthropic.resources.messages.batches": ("deferred batches: charged by the service later",
-        "cancel create delete list results retrieve"),
+    "anthropic.resources.messages.batches": (
+        "deferred batches: charged by the service later",
+        "cancel create delete list results retrieve",
+    ),
     "anthropic.resources.models": (_STORED, "list retrieve"),
-    "anthropic.resources.organization": (_ADMIN, "add approve archive create delete deny list "
-        "remove retrieve update validate"),
+    "anthropic.resources.organization": (
+        _ADMIN,
+        "add approve archive create delete deny list remove retrieve update validate",
+    ),
     "anthropic.resources.skills": (_STORED, "create delete list retrieve"),
     "anthropic.resources.user_profiles": (_ADMIN, "create delete list retrieve update"),
 }

@@ -53,7 +53,7 @@ def chat(client: openai.OpenAI, **kwargs: Any) -> Any:
 
 def test_undecorated_call_outside_any_pool_is_refused_before_it_leaves(provider: Provider) -> None:
     client = provider.openai()
-    with pytest.raises(ag.NoActivePool, match="openai.chat.completions"):
+    with pytest.raises(ag.NoActivePool, match=r"openai\.chat\.completions"):
         chat(client)
     assert provider.sent == 0
 
@@ -266,7 +266,9 @@ def test_stream_without_usage_is_charged_at_the_estimate_and_warned_once(
     client = provider.openai()
     with ag.BudgetPool(name="run") as pool:
         for _ in range(2):
-            for _ in chat(client, stream=True, max_tokens=50, stream_options={"include_usage": False}):
+            for _ in chat(
+                client, stream=True, max_tokens=50, stream_options={"include_usage": False}
+            ):
                 pass
     assert pool.spent["output_tokens"] == 100  # never free: the reserved 50 each
     assert all("usage_unknown" in row.flags for row in pool.ledger)
@@ -463,8 +465,11 @@ def test_instrument_is_idempotent_and_uninstrument_restores_the_sdk(provider: Pr
     ag.uninstrument()
     ag.uninstrument()
     assert "openai" not in ag.instrumented()
-    for cls, attr in ((SyncAPIClient, "request"), (AsyncAPIClient, "request"),
-                      (BaseClient, "_build_request")):
+    for cls, attr in (
+        (SyncAPIClient, "request"),
+        (AsyncAPIClient, "request"),
+        (BaseClient, "_build_request"),
+    ):
         assert not hasattr(cls.__dict__[attr], "__agentguard_instrument__")
     chat(provider.openai())  # uninstrumented: no pool needed any more
     assert provider.sent == 1
@@ -575,10 +580,13 @@ def test_an_existing_genai_span_is_annotated_not_nested(provider: Provider) -> N
     exporter, _ = otel.install()
     exporter.clear()
     tracer = trace.get_tracer("other-openai-instrumentation")
-    with ag.BudgetPool(name="traced"), tracer.start_as_current_span(
-        f"chat {MODEL}",
-        kind=trace.SpanKind.CLIENT,
-        attributes={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai"},
+    with (
+        ag.BudgetPool(name="traced"),
+        tracer.start_as_current_span(
+            f"chat {MODEL}",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai"},
+        ),
     ):
         chat(provider.openai())
     (span,) = exporter.get_finished_spans()
@@ -597,7 +605,9 @@ ACTIONS = st.lists(
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=ACTIONS, limit=st.integers(min_value=0, max_value=8))
-def test_every_request_that_reaches_the_transport_is_charged(actions: list[str], limit: int) -> None:
+def test_every_request_that_reaches_the_transport_is_charged(
+    actions: list[str], limit: int
+) -> None:
     provider = Provider()
     client = provider.openai(max_retries=1)
     with ag.BudgetPool(llm_calls=limit, name="prop", warn_at=None) as pool:
@@ -660,52 +670,79 @@ _MEDIA = "audio/image/video models, priced per second, character or image, not p
 _SERVER = "server-side runs (assistants, agents, evals, fine-tuning): billed by the service"
 _FILES = "file, upload, vector-store and container management; no generation"
 OUT_OF_SCOPE: dict[str, tuple[str, str]] = {
-    "openai.resources.admin": (_ADMIN, "activate archive audio_speeches audio_transcriptions "
+    "openai.resources.admin": (
+        _ADMIN,
+        "activate archive audio_speeches audio_transcriptions "
         "code_interpreter_sessions completions costs create deactivate decisions delete "
         "embeddings file_search_calls images list list_rate_limits moderations retrieve "
-        "update update_rate_limit validate vector_stores web_search_calls"),
+        "update update_rate_limit validate vector_stores web_search_calls",
+    ),
     "openai.resources.audio": (_MEDIA, "create delete list retrieve update"),
     "openai.resources.images": (_MEDIA, "create_variation edit generate"),
-    "openai.resources.videos": (_MEDIA, "create create_and_poll create_character delete "
-        "download_content edit extend get_character list poll remix retrieve"),
-    "openai.resources.batches": ("deferred batch jobs: charged by the service later", "cancel "
-        "create list retrieve"),
-    "openai.resources.beta.agents": (_SERVER, "content create delete for_result list pause "
-        "prepare prepare_directory resume retrieve stream update upload"),
+    "openai.resources.videos": (
+        _MEDIA,
+        "create create_and_poll create_character delete "
+        "download_content edit extend get_character list poll remix retrieve",
+    ),
+    "openai.resources.batches": (
+        "deferred batch jobs: charged by the service later",
+        "cancel create list retrieve",
+    ),
+    "openai.resources.beta.agents": (
+        _SERVER,
+        "content create delete for_result list pause "
+        "prepare prepare_directory resume retrieve stream update upload",
+    ),
     "openai.resources.beta.assistants": (_SERVER, "create delete list retrieve update"),
     "openai.resources.beta.beta": ("namespace", ""),
     "openai.resources.beta.chatkit": (_SERVER, "cancel create delete list list_items retrieve"),
     "openai.resources.beta.realtime": ("realtime websocket sessions", "connect create"),
     "openai.resources.beta.responses": ("input items and token counting: free", "count list"),
-    "openai.resources.beta.threads": (_SERVER, "cancel create create_and_poll create_and_run "
+    "openai.resources.beta.threads": (
+        _SERVER,
+        "cancel create create_and_poll create_and_run "
         "create_and_run_poll create_and_run_stream create_and_stream delete list poll retrieve "
         "stream submit_tool_outputs submit_tool_outputs_and_poll submit_tool_outputs_stream "
-        "update"),
+        "update",
+    ),
     "openai.resources.chat.chat": ("namespace", ""),
     "openai.resources.chat.completions.messages": (_STORED, "list"),
     "openai.resources.containers": (_FILES, "create delete list retrieve"),
     "openai.resources.content_provenance_checks": ("provenance check of a file", "create"),
     "openai.resources.conversations": (_STORED, "create delete list retrieve update"),
     "openai.resources.evals": (_SERVER, "cancel create delete list retrieve update"),
-    "openai.resources.files": (_FILES, "content create delete list retrieve retrieve_content "
-        "wait_for_processing"),
-    "openai.resources.fine_tuning": (_SERVER, "cancel create delete list list_events pause "
-        "resume retrieve run validate"),
-    "openai.resources.live": ("realtime websocket sessions", "accept connect create "
-        "download_recording fork hangup refer reject"),
+    "openai.resources.files": (
+        _FILES,
+        "content create delete list retrieve retrieve_content wait_for_processing",
+    ),
+    "openai.resources.fine_tuning": (
+        _SERVER,
+        "cancel create delete list list_events pause resume retrieve run validate",
+    ),
+    "openai.resources.live": (
+        "realtime websocket sessions",
+        "accept connect create download_recording fork hangup refer reject",
+    ),
     "openai.resources.models": (_STORED, "delete list retrieve"),
     "openai.resources.moderations": ("moderation is free", "create"),
-    "openai.resources.realtime": ("realtime websocket sessions", "accept connect create hangup "
-        "refer reject"),
+    "openai.resources.realtime": (
+        "realtime websocket sessions",
+        "accept connect create hangup refer reject",
+    ),
     "openai.resources.responses.input_items": (_STORED, "list"),
     "openai.resources.responses.input_tokens": ("token counting is free", "count"),
     "openai.resources.safety": (_STORED, "retrieve"),
     "openai.resources.skills": (_STORED, "create delete list retrieve update"),
     "openai.resources.uploads": (_FILES, "cancel complete create upload_file_chunked"),
-    "openai.resources.vector_stores": (_FILES, "cancel content create create_and_poll delete "
-        "list list_files poll retrieve search update upload upload_and_poll"),
-    "openai.resources.webhooks": (_ADMIN, "create delete list retrieve rotate_secret test "
-        "unwrap update verify_signature"),
+    "openai.resources.vector_stores": (
+        _FILES,
+        "cancel content create create_and_poll delete "
+        "list list_files poll retrieve search update upload upload_and_poll",
+    ),
+    "openai.resources.webhooks": (
+        _ADMIN,
+        "create delete list retrieve rotate_secret test unwrap update verify_signature",
+    ),
 }
 
 

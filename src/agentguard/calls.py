@@ -434,8 +434,8 @@ def _finish_llm(
             s.route,
             "usage",
             f"agentguard: could not read token usage from "
-            f"{source or f'the result of LLM call {s.name!r}'} "
-            f"(route {s.route!r}, a {type(result).__name__}); the reserved estimate "
+            f"{source or f'the result of LLM call {s.name!r}, a {type(result).__name__}'} "
+            f"(route {s.route!r}); the reserved estimate "
             f"({int(reserve['input_tokens'])} input + {int(reserve['output_tokens'])} output "
             f"tokens) is charged instead of zero. {fix}",
         )

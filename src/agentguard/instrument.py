@@ -12,9 +12,9 @@ Azure and Bedrock/Vertex clients) is covered; and `BaseClient._build_request`, w
 SDK calls once per HTTP attempt, so each SDK-level retry is charged as one more LLM call.
 
 Covered endpoints (`COVERED_ENDPOINTS`): OpenAI `/chat/completions`, `/responses`,
-`/responses/compact`, `/completions`, `/embeddings`, `/decisions`; Anthropic `/v1/messages` (including
-the beta messages API). Everything else the SDKs send (files, batches, count_tokens, ...)
-passes through untouched.
+`/responses/compact`, `/completions`, `/embeddings`, `/decisions`; Anthropic `/v1/messages`
+(including the beta messages API). Everything else the SDKs send (files, batches,
+count_tokens, ...) passes through untouched.
 
 Fail closed: outside any `BudgetPool`, an instrumented generation request raises
 `NoActivePool` unless `ag.configure(default_pool=...)` is set. This changes the behaviour of
@@ -48,7 +48,7 @@ from .calls import (
 )
 from .errors import ConfigurationError
 from .telemetry import tracing_enabled as _tracing
-from .usage import Usage, read_usage
+from .usage import Usage, _from_usage_block, read_usage
 
 __all__ = ["COVERED_ENDPOINTS", "instrument", "instrumented", "uninstrument"]
 
@@ -99,9 +99,7 @@ _OPS: dict[str, dict[str, _Op]] = {
     },
 }
 
-COVERED_ENDPOINTS: Mapping[str, tuple[str, ...]] = {
-    sdk: tuple(ops) for sdk, ops in _OPS.items()
-}
+COVERED_ENDPOINTS: Mapping[str, tuple[str, ...]] = {sdk: tuple(ops) for sdk, ops in _OPS.items()}
 """The request paths charged per SDK (POST only). Default route names: see `docs/instrument.md`."""
 
 
@@ -469,8 +467,16 @@ def _usage_of(req: _Request, result: Any) -> Usage | None:
             result = http.json()
         except ValueError:  # an SSE body (stream=True) or not JSON at all
             return None
-    usage = read_usage(result, extractors)
-    return _complete(req.op, usage)
+    elif not extractors:
+        # Fast path for the SDK's own pydantic models: read the usage block's fields as a
+        # dict (a missing attribute on a pydantic model costs an exception per probe).
+        block = getattr(result, "usage", None)
+        fields = getattr(block, "__dict__", None)
+        if isinstance(fields, dict):
+            model = getattr(result, "model", None)
+            usage = _from_usage_block(fields, model if isinstance(model, str) else None, req.op.sdk)
+            return _complete(req.op, usage)
+    return _complete(req.op, read_usage(result, extractors))
 
 
 def _complete(op: _Op, usage: Usage | None) -> Usage | None:
