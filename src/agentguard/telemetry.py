@@ -17,6 +17,8 @@ __all__ = [
     "SPAN_EXECUTE_TOOL",
     "SPAN_CHAT",
     "SPAN_INFERENCE",
+    "EVENT_BYPASS_USED",
+    "EVENT_BYPASS_EXPIRED",
     "ATTR",
     "METRIC",
     "tracing_enabled",
@@ -34,6 +36,10 @@ SPAN_CHAT = "chat {model}"
 """GenAI semantic conventions: inference span `{gen_ai.operation.name} {gen_ai.request.model}`."""
 SPAN_INFERENCE = "{operation} {model}"
 """The same, for any operation (`chat`, `embeddings`, `text_completion`): `ag.instrument()`."""
+EVENT_BYPASS_USED = "agentguard.bypass.used"
+"""Span event on the current span each time a bypass lets a call through."""
+EVENT_BYPASS_EXPIRED = "agentguard.bypass.expired"
+"""Span event on the current span at the first hit of a guard after its bypass expired."""
 
 
 class ATTR:
@@ -64,6 +70,11 @@ class ATTR:
     INSTRUMENTED = "agentguard.instrumented"  # true on a span ag.instrument() charged
     WAIT_SECONDS = "agentguard.retry.wait_seconds"
     OWNER = "agentguard.bypass.owner"
+    BYPASS_ENTRY = "agentguard.bypass.entry"  # the entry's guard id or pattern
+    BYPASS_REASON = "agentguard.bypass.reason"
+    BYPASS_TICKET = "agentguard.bypass.ticket"
+    BYPASS_EXPIRES = "agentguard.bypass.expires"  # ISO 8601, UTC
+    BYPASS_WOULD_HAVE = "agentguard.bypass.would_have"  # what the guard would have done
 
 
 class METRIC:
