@@ -55,6 +55,7 @@ def plan(ticket: str) -> str:
     response = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": ticket}], max_tokens=200
     )
+    ag.record_usage(response)
     return response.choices[0].message.content or ""
 
 
