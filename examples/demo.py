@@ -19,6 +19,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("bypass_expiry.py", "2. The 'just this once' bypass that becomes permanent"),
     ("budget_leak.py", "3. Budget leaks through agent loops"),
     ("retry_visibility.py", "5. The 'successful' retry that hides repeated failure"),
+    ("raw_sdk.py", "Integration: every raw OpenAI / Anthropic SDK call charged (ag.instrument)"),
 ]
 
 

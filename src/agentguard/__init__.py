@@ -30,6 +30,7 @@ from .errors import (
     ToolArgumentError,
     UnknownPrice,
 )
+from .instrument import instrument, instrumented, uninstrument
 from .retry import (
     Attempt,
     AttemptOutcome,
@@ -63,6 +64,10 @@ __all__ = [
     "record_usage",
     "current_call",
     "CallInfo",
+    # SDK instrumentation
+    "instrument",
+    "uninstrument",
+    "instrumented",
     # retries
     "retry",
     "retrying",

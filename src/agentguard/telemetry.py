@@ -18,6 +18,7 @@ __all__ = [
     "SPAN_CHAT",
     "SPAN_RETRY",
     "SPAN_RETRY_ATTEMPT",
+    "SPAN_INFERENCE",
     "EVENT_BYPASS_USED",
     "EVENT_BYPASS_EXPIRED",
     "ATTR",
@@ -39,6 +40,8 @@ SPAN_RETRY = "retry {route}"
 """One logical call under `@ag.retry`, covering every attempt and wait (INTERNAL)."""
 SPAN_RETRY_ATTEMPT = "attempt {route}"
 """One attempt of a retried call, child of the `retry {route}` span (INTERNAL)."""
+SPAN_INFERENCE = "{operation} {model}"
+"""The same, for any operation (`chat`, `embeddings`, `text_completion`): `ag.instrument()`."""
 EVENT_BYPASS_USED = "agentguard.bypass.used"
 """Span event on the current span each time a bypass lets a call through."""
 EVENT_BYPASS_EXPIRED = "agentguard.bypass.expired"
@@ -70,6 +73,7 @@ class ATTR:
     USAGE_UNKNOWN = "agentguard.usage.unknown"
     ATTEMPT = "agentguard.retry.attempt"
     RESEND_COUNT = "http.request.resend_count"
+    INSTRUMENTED = "agentguard.instrumented"  # true on a span ag.instrument() charged
     WAIT_SECONDS = "agentguard.retry.wait_seconds"
     RETRY_ATTEMPTS = "agentguard.retry.attempts"  # on the call span: attempts made
     RETRY_MAX_ATTEMPTS = "agentguard.retry.max_attempts"  # on the call span: allowed
@@ -93,6 +97,7 @@ class METRIC:
     ALERTS = "agentguard.alerts"  # counter: alerts by kind
     ALERT_HOOK_FAILURES = "agentguard.alert_hook.failures"  # counter
     USAGE_UNKNOWN = "agentguard.usage.unknown"  # counter: LLM calls whose usage was unreadable
+    SDK_RETRIES = "agentguard.sdk.retries"  # counter: SDK-level retry attempts charged, by route
     TOKEN_USAGE = "gen_ai.client.token.usage"  # histogram {token}
     COST = "agentguard.cost"  # histogram, USD per call
     CORRECTIONS = "agentguard.tool.corrections"  # counter: rejected tool-argument rounds
