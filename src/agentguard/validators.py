@@ -75,6 +75,14 @@ class _Invalid(Exception):
         self.expected = expected
         self.candidates = candidates
 
+    @property
+    def sentence(self) -> str:
+        """The reason as a clause about the value: `it is empty`."""
+        return "it " + self.reason
+
+    def problem(self, argument: str, received: Any) -> ArgumentProblem:
+        return ArgumentProblem(argument, received, self.sentence, self.expected, self.candidates)
+
 
 class _Ctx:
     """Per-call validation context handed to pydantic by the argument guard."""
@@ -127,14 +135,14 @@ _REFERENCES: tuple[tuple[re.Pattern[str], str], ...] = (
             r"given|provided|stated|from|in|above|earlier|before|previously|who|that|we|i|"
             r"you|they)\b.*"
         ),
-        "is a description of a value, not the value itself",
+        "is a description of the value, not the value itself",
     ),
     (
         re.compile(
             rf"(?:his|her|hers|their|its|my|our|your|the {_WHO}'?s?|the {_WHO}s'|"
             rf"this {_WHO}'?s|that {_WHO}'?s)(?: \w+){{0,2}} {_NOUN}"
         ),
-        "refers to a value by whose it is instead of giving it",
+        "says whose value is meant instead of giving the value",
     ),
     (
         re.compile(
@@ -215,7 +223,7 @@ def _raise_pydantic(exc: _Invalid) -> PydanticCustomError:
     return PydanticCustomError(
         _ERROR_TYPE,
         "{reason}",
-        {"reason": exc.reason, "expected": exc.expected, "candidates": exc.candidates},
+        {"reason": exc.sentence, "expected": exc.expected, "candidates": exc.candidates},
     )
 
 
@@ -255,9 +263,7 @@ class Validator:
         except _Invalid as exc:
             raise ToolArgumentError(
                 tool=tool or f"{type(self).__name__}.validate",
-                problems=[
-                    ArgumentProblem(argument, value, exc.reason, exc.expected, exc.candidates)
-                ],
+                problems=[exc.problem(argument, value)],
             ) from None
         return result
 
@@ -415,7 +421,7 @@ class Resolves(Validator):
 
     def _not_found(self, value: Any) -> _Invalid:
         return _Invalid(
-            f"no {self.what} matches this value (the lookup found nothing)", self.expected
+            f"matches no existing {self.what} (the lookup found nothing)", self.expected
         )
 
     def _check(self, value: Any, target: Any, argument: str | None, ctx: _Ctx | None) -> Any:
@@ -495,14 +501,14 @@ class Resolves(Validator):
         except _Invalid as exc:
             raise ToolArgumentError(
                 tool=tool or "Resolves.validate",
-                problems=[ArgumentProblem(argument, value, exc.reason, exc.expected)],
+                problems=[exc.problem(argument, value)],
             ) from None
         record = await self.acall(checked, argument, tool)
         if record is None:
             missing = self._not_found(value)
             raise ToolArgumentError(
                 tool=tool or "Resolves.validate",
-                problems=[ArgumentProblem(argument, value, missing.reason, missing.expected)],
+                problems=[missing.problem(argument, value)],
             )
         _remember(((checked, record),))
         return checked
@@ -852,19 +858,18 @@ class DateRange(Validator):
         day = parsed.date() if isinstance(parsed, datetime) else parsed
         if not self.min_year <= day.year <= self.max_year:
             raise _Invalid(
-                f"has the year {day.year}, which is not plausible here (expected a year between "
-                f"{self.min_year} and {self.max_year})",
+                f"has a year outside the plausible range {self.min_year}-{self.max_year}",
                 self.expected,
             )
         lo, hi = self._limits()
         if lo is not None and day < lo:
             raise _Invalid(
-                f"is {day.isoformat()}, before the earliest allowed date {lo.isoformat()}",
+                f"is before the earliest allowed date {lo.isoformat()}",
                 _range_expected(lo, hi),
             )
         if hi is not None and day > hi:
             raise _Invalid(
-                f"is {day.isoformat()}, after the latest allowed date {hi.isoformat()}",
+                f"is after the latest allowed date {hi.isoformat()}",
                 _range_expected(lo, hi),
             )
         if target is datetime:
@@ -916,9 +921,7 @@ def _leaves(obj: Any, out: list[str], depth: int = 0) -> None:
     if depth >= 6:
         return
     if isinstance(obj, dict):
-        for key, item in obj.items():
-            if isinstance(key, str):
-                out.append(key)
+        for item in obj.values():
             _leaves(item, out, depth + 1)
         return
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -1008,8 +1011,11 @@ class Verbatim(Validator):
                     break
         choices = list(seen)
         close = difflib.get_close_matches(needle, choices, n=5, cutoff=0.3)
-        if not close:
-            close = [c for c in choices if len(c) <= 40][:5]
+        for choice in choices:
+            if len(close) >= 5:
+                break
+            if choice not in close and len(choice) <= 40:
+                close.append(choice)
         raise _Invalid(
             f"does not appear in any earlier result of tool `{self.from_tool}` in this run "
             f"(a paraphrase or a made-up value is not accepted)",
