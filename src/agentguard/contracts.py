@@ -28,6 +28,7 @@ from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 from typing_extensions import ParamSpec
 
 from . import bypass, telemetry
+from ._argcheck import caller_namespace, resolve_hints
 from ._events import record_event
 from ._redact import describe
 from .errors import ConfigurationError, ContractViolation
@@ -89,13 +90,12 @@ class _Contract:
         self.not_none = bool(not_none)
         self.expected = ""
         try:
-            self._compile()
+            self._compile(caller_namespace())
         except NameError:
             pass  # a forward reference defined later in the module: resolved at first call
 
-    def _compile(self) -> None:
-        target = inspect.unwrap(self.fn)
-        hints = typing.get_type_hints(target, include_extras=True)
+    def _compile(self, localns: dict[str, Any] | None = None) -> None:
+        hints = resolve_hints(self.fn, localns)
         annotation = hints.get("return", _NO_ANNOTATION)
         adapter: TypeAdapter[Any] | None = None
         if annotation not in (_NO_ANNOTATION, Any, object) and annotation is not type(None):
