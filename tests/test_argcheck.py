@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, TypeAdapter
 
 import agentguard as ag
-from agentguard import _config, budget, bypass, telemetry
+from agentguard import _config, budget, telemetry
 from agentguard import validators as v
 from agentguard._argcheck import compile_arguments
 
@@ -419,27 +419,15 @@ def test_a_pydantic_argument_model_is_validated_with_dotted_argument_names() -> 
 # -- bypass integration --------------------------------------------------------------------------
 
 
-def test_an_active_bypass_lets_the_argument_through_and_is_recorded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    used: list[tuple[str, str]] = []
-    entry = bypass.Bypass(
-        guard="args:escalate_to_human.email",
+def test_an_active_bypass_lets_the_argument_through_and_is_recorded() -> None:
+    ag.bypass(
+        "args:escalate_to_human.email",
         owner="ops",
-        reason="legacy addresses",
-        expires=datetime(2026, 2, 1, tzinfo=timezone.utc),
+        reason="legacy addresses during the CRM migration",
+        expires="2026-01-20",
     )
-
-    def active(guard_id: str) -> bypass.Bypass | None:
-        return entry if guard_id == entry.guard else None
-
-    def record(e: bypass.Bypass, guard_id: str, would_have: str, **context: Any) -> None:
-        used.append((guard_id, would_have))
-
-    monkeypatch.setattr(bypass, "active_bypass", active)
-    monkeypatch.setattr(bypass, "record_bypass_use", record)
     BODY_RUNS.clear()
-    with ag.BudgetPool():
+    with ag.BudgetPool() as pool:
         lookup_order("x")
         assert escalate_to_human(**{**GOOD, "email": "legacy-address"}) == "escalated"
         with pytest.raises(ag.ToolArgumentError) as info:
@@ -447,9 +435,35 @@ def test_an_active_bypass_lets_the_argument_through_and_is_recorded(
     assert BODY_RUNS[0]["email"] == "legacy-address"  # passed raw
     assert BODY_RUNS[0]["amount"] == Decimal("125.50")  # the others still converted
     assert [p.argument for p in info.value.problems] == ["user_id"]
-    assert used[0][0] == "args:escalate_to_human.email"
-    assert used[0][1].startswith("would have rejected email=<str")
-    assert "legacy" not in used[0][1]
+    rows = [r for r in pool.ledger if r.kind == "bypass"]
+    assert len(rows) == 2
+    assert rows[0].detail is not None
+    assert rows[0].detail["guard_id"] == "args:escalate_to_human.email"
+    assert rows[0].detail["would_have"].startswith("would have rejected email=<str")
+    assert "legacy-address" not in repr(rows[0])
+    assert not [r for r in pool.ledger if r.kind == "correction" and r.outcome != "rejected"]
+
+
+def test_a_tool_level_bypass_covers_every_argument() -> None:
+    @ag.tool_call
+    def notify(
+        user_id: Annotated[str, v.Resolves(find_user)], email: Annotated[str, v.Email()]
+    ) -> str:
+        with pytest.raises(ag.ConfigurationError, match="no record was resolved"):
+            v.resolved(user_id)  # a bypassed id resolved to nothing: there is no record
+        return email
+
+    ag.bypass("args:notify", owner="ops", reason="incident 4411", expires="2026-01-10")
+    with ag.BudgetPool():
+        assert notify("nobody", "x") == "x"
+
+
+def test_validated_arguments_declare_their_guard_ids() -> None:
+    from agentguard._guards import declared_guards
+
+    declared = declared_guards()
+    assert "args:escalate_to_human" in declared
+    assert "args:escalate_to_human.order_ref" in declared
 
 
 # -- concurrency ---------------------------------------------------------------------------------

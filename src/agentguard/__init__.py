@@ -5,10 +5,11 @@ Every name a user needs is re-exported here; the logic lives in one module per c
 
 from __future__ import annotations
 
-from . import validators
+from . import checks, validators
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
+from .bypasses import Bypass, bypass, load_bypasses
 from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
 from .contracts import contract
 from .errors import (
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "checks",
     # budget
     "BudgetPool",
     "Reservation",
@@ -59,6 +61,10 @@ __all__ = [
     "Price",
     "read_usage",
     "genai_price",
+    # bypasses
+    "bypass",
+    "Bypass",
+    "load_bypasses",
     # configuration and alerts
     "configure",
     "configure_route",

@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, PydanticSchemaGenerationError, TypeA
 from pydantic import ValidationError as _PydanticError
 from typing_extensions import NotRequired, TypedDict
 
-from . import bypass, telemetry
+from . import bypasses, telemetry
 from ._events import record_event
+from ._guards import declare_guard
 from ._redact import describe
 from .errors import (
     ArgumentProblem,
@@ -353,26 +354,23 @@ class _Guard:
     # -- rejection ---------------------------------------------------------------------------
 
     def _bypass(self, problem: ArgumentProblem) -> str | None:
-        """The argument name when an active bypass lets `problem` through (recorded)."""
-        top = problem.argument.split(".")[0].split("[")[0]
-        ids = [f"{self.guard_id}.{problem.argument}"]
-        if top != problem.argument:
-            ids.append(f"{self.guard_id}.{top}")
-        ids.append(self.guard_id)
-        for guard_id in ids:
-            entry = bypass.active_bypass(guard_id)
-            if entry is not None:
-                bypass.record_bypass_use(
-                    entry,
-                    guard_id,
-                    would_have=(
-                        f"would have rejected {problem.argument}={describe(problem.received)}"
-                    ),
-                    tool=self.tool,
-                    route=self.route,
-                )
-                return top
-        return None
+        """The argument name when an active bypass lets `problem` through (recorded).
+
+        Asked with the argument's id (`args:<tool>.<argument>`); a bypass of `args:<tool>`
+        covers it. Only called on the rejection path: a bypass costs nothing otherwise.
+        """
+        guard_id = f"{self.guard_id}.{problem.argument}"
+        entry = bypasses.active_bypass(guard_id)
+        if entry is None:
+            return None
+        bypasses.record_bypass_use(
+            entry,
+            guard_id,
+            would_have=f"would have rejected {problem.argument}={describe(problem.received)}",
+            tool=self.tool,
+            route=self.route,
+        )
+        return problem.argument.split(".")[0].split("[")[0]
 
     def _ordered(self, problems: list[ArgumentProblem]) -> list[ArgumentProblem]:
         """Problems in signature order (lookups run after the type checks)."""
@@ -515,6 +513,10 @@ def compile_arguments(
         )
     if not fields:
         return None
+    where = f"@tool_call {getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', tool)}"
+    declare_guard(f"args:{tool}", where)
+    for name, _ in fields:
+        declare_guard(f"args:{tool}.{name}", where)
     arguments = TypedDict(f"{tool}_arguments", td_fields)  # type: ignore[misc]
     arguments.__pydantic_config__ = _CONFIG  # type: ignore[attr-defined]
     try:

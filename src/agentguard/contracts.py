@@ -33,9 +33,10 @@ from pydantic import (
 )
 from typing_extensions import ParamSpec, is_typeddict
 
-from . import _config, bypass, telemetry
+from . import _config, bypasses, telemetry
 from ._argcheck import caller_namespace, resolve_hints
 from ._events import record_event
+from ._guards import declare_guard
 from ._redact import describe
 from .errors import ConfigurationError, ContractViolation
 
@@ -87,6 +88,7 @@ class _Contract:
         self.fn = fn
         self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
         self.guard_id = f"contract:{self.name}"
+        declare_guard(self.guard_id, f"@contract {getattr(fn, '__module__', '?')}.{self.name}")
         self.not_none_given = not_none
         self.not_empty = not_empty
         self.required_keys = required_keys
@@ -210,9 +212,9 @@ class _Contract:
         return None
 
     def _violated(self, result: Any, check: str, reason: str) -> None:
-        entry = bypass.active_bypass(self.guard_id)
+        entry = bypasses.active_bypass(self.guard_id)
         if entry is not None:
-            bypass.record_bypass_use(
+            bypasses.record_bypass_use(
                 entry,
                 self.guard_id,
                 would_have=f"would have rejected the result {describe(result)} ({reason})",
