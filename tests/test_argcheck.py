@@ -10,6 +10,8 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter
 
 import agentguard as ag
@@ -557,3 +559,30 @@ def test_tool_schema_carries_validator_descriptions_in_provider_shapes() -> None
     anthropic_tool = ag.tool_schema(escalate_to_human, style="anthropic")
     TypeAdapter(ToolParam).validate_python(anthropic_tool)
     assert anthropic_tool["input_schema"] == params
+
+
+# -- fuzzing the whole guard ---------------------------------------------------------------------
+
+JSONISH = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(list(BAD.values()) + list(GOOD.values())),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(args=st.fixed_dictionaries({}, optional={name: JSONISH for name in BAD}))
+def test_fuzz_the_guard_only_rejects_with_tool_argument_errors(args: dict[str, Any]) -> None:
+    with ag.BudgetPool():
+        lookup_order("x")
+        try:
+            escalate_to_human(**args)
+        except ag.ToolArgumentError as err:
+            assert err.problems
+            assert err.model_message

@@ -202,7 +202,7 @@ class _Contract:
             if size == 0 or (isinstance(result, str) and not result.strip()):
                 return "not_empty", f"it returned an empty {type(result).__name__}"
         if self.required_keys:
-            if isinstance(result, Mapping):
+            if type(result) is dict or isinstance(result, Mapping):
                 missing = [k for k in self.required_keys if k not in result]
             else:
                 missing = [k for k in self.required_keys if not hasattr(result, k)]
