@@ -336,9 +336,11 @@ class _Guard:
     def _apply(
         self, out: dict[str, Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call's arguments with the converted values (new objects; inputs untouched)."""
         if not out:
             return args, kwargs
         new_args: list[Any] | None = None
+        new_kwargs: dict[str, Any] | None = None
         n = len(args)
         for name, pos in self._fields:
             if name not in out:
@@ -348,8 +350,13 @@ class _Guard:
                     new_args = list(args)
                 new_args[pos] = out[name]
             else:
-                kwargs[name] = out[name]
-        return (tuple(new_args) if new_args is not None else args), kwargs
+                if new_kwargs is None:
+                    new_kwargs = dict(kwargs)
+                new_kwargs[name] = out[name]
+        return (
+            tuple(new_args) if new_args is not None else args,
+            new_kwargs if new_kwargs is not None else kwargs,
+        )
 
     # -- rejection ---------------------------------------------------------------------------
 
