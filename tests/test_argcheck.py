@@ -586,3 +586,16 @@ def test_fuzz_the_guard_only_rejects_with_tool_argument_errors(args: dict[str, A
         except ag.ToolArgumentError as err:
             assert err.problems
             assert err.model_message
+
+
+def test_a_method_tool_validates_the_right_positional_arguments() -> None:
+    class Mailer:
+        @ag.tool_call
+        def send(self, to: Annotated[str, v.Email()], copies: int = 1) -> str:
+            return f"{to} x{copies}"
+
+    with ag.BudgetPool():
+        assert Mailer().send("Ann@Example.org", 2) == "Ann@example.org x2"
+        with pytest.raises(ag.ToolArgumentError) as info:
+            Mailer().send("his email")
+    assert [p.argument for p in info.value.problems] == ["to"]
