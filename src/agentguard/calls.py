@@ -43,6 +43,10 @@ _get_pool = _current.get
 _call_listeners: list[Callable[[CallInfo], None]] = []
 """Called after each guarded call finishes (the store's history and outlier alerts)."""
 
+_tool_names: set[str] = set()
+"""Names of every `@tool_call` function (its tool name and its `__name__`): adapters that
+only see a tool's name (LangChain callbacks) leave these to the decorator, which charges them."""
+
 _provenance_sources: set[str] = set()
 """Tool names whose outputs some `Verbatim` validator may need; only these are recorded."""
 PROVENANCE_DEPTH = 50
@@ -205,6 +209,7 @@ def tool_call(
         fixed_loop = loop_limit is not _UNSET
         guard = compile_arguments(func, tool=tool, route=rte, max_corrections=max_corrections)
         meta = {"kind": "tool", "name": tool, "route": rte}
+        _tool_names.update((tool, func.__name__))
 
         def after(pool: BudgetPool, result: Any) -> None:
             if tool in _provenance_sources:
