@@ -234,7 +234,12 @@ def test_failing_tool_keeps_its_charge_and_writes_an_error_row() -> None:
     assert pool.spent["tool_calls"] == 1
 
 
-def test_decorated_tool_seen_by_the_handler_is_charged_once() -> None:
+def ledger_tool_calls(pool: ag.BudgetPool) -> float:
+    return sum(r.amounts.get("tool_calls", 0.0) for r in pool.ledger)
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["claim", "tools="])
+def test_decorated_tool_seen_by_the_handler_is_charged_once(known: bool) -> None:
     bodies = BodyCounter()
 
     @tool
@@ -244,14 +249,72 @@ def test_decorated_tool_seen_by_the_handler_is_charged_once() -> None:
         bodies.hit(ticket_id)
         return "open"
 
+    handler = BudgetCallbackHandler(tools=[lookup_ticket] if known else ())
     with ag.BudgetPool(tool_calls=2) as pool:
-        lookup_ticket.invoke({"ticket_id": "t1"}, config=config())
-        lookup_ticket.invoke({"ticket_id": "t2"}, config=config())
+        lookup_ticket.invoke({"ticket_id": "t1"}, config=config(handler))
+        lookup_ticket.invoke({"ticket_id": "t2"}, config=config(handler))
         assert pool.spent["tool_calls"] == 2
         with pytest.raises(ag.BudgetExceeded):
-            lookup_ticket.invoke({"ticket_id": "t3"}, config=config())
+            lookup_ticket.invoke({"ticket_id": "t3"}, config=config(handler))
     assert len(bodies) == 2
     assert len([r for r in pool.ledger if r.kind == "tool" and r.outcome == "ok"]) == 2
+    assert ledger_tool_calls(pool) == pool.spent["tool_calls"]
+    assert handler.in_flight == 0
+
+
+def test_decorated_tools_are_charged_once_under_ainvoke_sync_and_async() -> None:
+    @tool
+    @ag.tool_call
+    def sync_lookup(ticket_id: str) -> str:
+        """Sync lookup (LangChain runs it in an executor under ainvoke)."""
+        return "open"
+
+    @tool
+    @ag.tool_call
+    async def async_lookup(ticket_id: str) -> str:
+        """Async lookup."""
+        return "open"
+
+    async def run() -> None:
+        for i in range(3):
+            await sync_lookup.ainvoke({"ticket_id": f"s{i}"}, config=config())
+            await async_lookup.ainvoke({"ticket_id": f"a{i}"}, config=config())
+
+    with ag.BudgetPool() as pool:
+        asyncio.run(run())
+    assert pool.spent["tool_calls"] == 6
+    assert ledger_tool_calls(pool) == 6
+
+
+def test_undecorated_tool_calling_a_decorated_helper_pays_for_both() -> None:
+    """The claim is for the tool's own name: a different @ag.tool_call inside is its own call."""
+
+    @ag.tool_call
+    def fetch_invoice(invoice_id: str) -> str:
+        return "paid"
+
+    @tool
+    def billing_summary(customer: str) -> str:
+        """Summarise billing."""
+        return fetch_invoice("i-1") + fetch_invoice("i-2")
+
+    with ag.BudgetPool() as pool:
+        billing_summary.invoke({"customer": "c"}, config=config())
+    assert pool.spent["tool_calls"] == 3
+    assert ledger_tool_calls(pool) == 3
+
+
+def test_decorated_tool_with_rejected_body_keeps_the_handler_charge_in_the_ledger() -> None:
+    @tool
+    @ag.tool_call
+    def broken(x: int) -> str:
+        """Fails."""
+        raise KeyError("missing")
+
+    with ag.BudgetPool() as pool, pytest.raises(KeyError):
+        broken.invoke({"x": 1}, config=config())
+    assert pool.spent["tool_calls"] == 1
+    assert ledger_tool_calls(pool) == 1
 
 
 def test_renamed_decorated_tool_is_charged_once_when_the_handler_knows_the_tools() -> None:

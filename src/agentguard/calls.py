@@ -47,6 +47,21 @@ _tool_names: set[str] = set()
 """Names of every `@tool_call` function (its tool name and its `__name__`): adapters that
 only see a tool's name (LangChain callbacks) leave these to the decorator, which charges them."""
 
+class ToolClaim:
+    """An adapter charged one call of `tool` before its body (the LangChain callback handler):
+    the first `@tool_call` wrapper of that name inside the body takes the claim and skips its
+    own charge, so the call is charged once. Everything else (validation, row, span) stays."""
+
+    __slots__ = ("taken", "tool")
+
+    def __init__(self, tool: str) -> None:
+        self.tool = tool
+        self.taken = False
+
+
+_tool_claim: ContextVar[ToolClaim | None] = ContextVar("agentguard_tool_claim", default=None)
+_get_claim = _tool_claim.get
+
 _provenance_sources: set[str] = set()
 """Tool names whose outputs some `Verbatim` validator may need; only these are recorded."""
 PROVENANCE_DEPTH = 50
@@ -209,6 +224,14 @@ def tool_call(
         fixed_loop = loop_limit is not _UNSET
         guard = compile_arguments(func, tool=tool, route=rte, max_corrections=max_corrections)
         meta = {"kind": "tool", "name": tool, "route": rte}
+        names = frozenset((tool, func.__name__))
+
+        def precharged() -> bool:
+            claim = _get_claim()
+            if claim is None or claim.taken or claim.tool not in names:
+                return False
+            claim.taken = True
+            return True
         _tool_names.update((tool, func.__name__))
 
         def after(pool: BudgetPool, result: Any) -> None:
@@ -243,9 +266,10 @@ def tool_call(
                 pool = _get_pool() or _resolve("tool", rte, tool)
                 if guard is not None:
                     args, kwargs = await guard.acheck(pool, args, kwargs)
-                pool._charge_tool(
-                    tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
-                )
+                if _get_claim() is None or not precharged():
+                    pool._charge_tool(
+                        tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
+                    )
                 span = _tool_span(tool, rte, pool) if _tracing() else None
                 t0 = perf_counter()
                 try:
@@ -271,9 +295,10 @@ def tool_call(
             pool = _get_pool() or _resolve("tool", rte, tool)
             if guard is not None:
                 args, kwargs = guard.check(pool, args, kwargs)
-            pool._charge_tool(
-                tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
-            )
+            if _get_claim() is None or not precharged():
+                pool._charge_tool(
+                    tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
+                )
             span = _tool_span(tool, rte, pool) if _tracing() else None
             t0 = perf_counter()
             try:
@@ -314,7 +339,7 @@ def _notify(info: CallInfo) -> None:
         listener(info)
 
 
-def _tool_span(tool: str, route: str, pool: BudgetPool) -> Any:
+def _tool_span(tool: str, route: str, pool: BudgetPool, start_time: int | None = None) -> Any:
     tracer = telemetry.get_tracer()
     span = tracer.start_span(
         telemetry.SPAN_EXECUTE_TOOL.format(tool=tool),
@@ -325,6 +350,7 @@ def _tool_span(tool: str, route: str, pool: BudgetPool) -> Any:
             telemetry.ATTR.POOL: pool.name,
             telemetry.ATTR.RUN_ID: pool.run_id,
         },
+        start_time=start_time,
     )
     return span
 

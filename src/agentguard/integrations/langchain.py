@@ -28,7 +28,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from time import perf_counter
+from time import perf_counter, time_ns
 from typing import Any, Literal
 from uuid import UUID
 
@@ -51,6 +51,7 @@ from .._events import record_event
 from ..budget import _LLM_CHARGE, _TOOL_CHARGE, BudgetPool, _current
 from ..calls import (
     CallInfo,
+    ToolClaim,
     _active_call,
     _call_listeners,
     _end_span,
@@ -62,7 +63,7 @@ from ..calls import (
     _plan,
     _provenance_sources,
     _record_provenance,
-    _tool_names,
+    _tool_claim,
     _tool_span,
 )
 from ..errors import (
@@ -242,7 +243,10 @@ class _ToolRun:
     name: str
     route: str
     t0: float
-    span: Any
+    t0_ns: int
+    claim: ToolClaim
+    token: Token[ToolClaim | None]
+    call_id: Any
 
 
 class BudgetCallbackHandler(BaseCallbackHandler):
@@ -259,8 +263,11 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             the configured default pool, else `NoActivePool`: fail closed).
         route: route name for model calls (default: the model's name).
         loop_limit: identical tool calls allowed per run (default: the pool's setting).
-        tools: the LangChain tools of the agent, when a tool's name differs from the name of
-            its `@ag.tool_call` function (the handler only sees tool names).
+        tools: optional, the agent's LangChain tools: the handler then leaves the tools whose
+            function is decorated with `@ag.tool_call` to their decorator entirely (argument
+            validation before the charge). Without it, the handler charges every tool before
+            its body, and an `@ag.tool_call` function of the same name inside the body skips
+            its own charge (charged once either way).
 
     Raises (out of `invoke`, unchanged): `BudgetExceeded` / `LoopDetected` before a refused
     call starts, `NoActivePool`, `UnknownPrice`. Thread-safe: per-call state is keyed by the
@@ -286,7 +293,6 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         self._tools: dict[UUID, _ToolRun] = {}
         self._lock = threading.Lock()
         self._guarded: set[str] = set()
-        self._unguarded: set[str] = set()
         for tool in tools:
             name = getattr(tool, "name", None)
             if not isinstance(name, str):
@@ -294,7 +300,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                     f"BudgetCallbackHandler(tools=...): {tool!r} is not a LangChain tool (no "
                     f"name). Fix: pass the same tool objects you give the agent."
                 )
-            (self._guarded if _tool_is_guarded(tool) else self._unguarded).add(name)
+            if _tool_is_guarded(tool):
+                self._guarded.add(name)
 
     # Events this handler does not need (LangChain then skips calling it for them). Not
     # ignore_agent: LangChain uses that flag for the tool events too.
@@ -422,11 +429,6 @@ class BudgetCallbackHandler(BaseCallbackHandler):
 
     # -- tool calls ---------------------------------------------------------------------------
 
-    def _tool_is_decorated(self, name: str) -> bool:
-        if name in self._unguarded:
-            return False
-        return name in self._guarded or name in _tool_names
-
     def on_tool_start(
         self,
         serialized: dict[str, Any],
@@ -444,28 +446,41 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         call_id = kwargs.get("tool_call_id")
         if call_id is not None and call_id == _tool_charged_by.get():
             return  # AgentGuardMiddleware charged this call
-        if self._tool_is_decorated(name):
-            return  # the @ag.tool_call decorator charges it (and records provenance)
+        if name in self._guarded:
+            return  # tools= says an @ag.tool_call function runs here: its decorator charges
         pool = _resolve_pool(self.pool, "tool", name, name)
         arguments = inputs if isinstance(inputs, dict) else {"input": input_str}
         loop_limit = pool._loop_limit if self._loop_limit is _UNSET else self._loop_limit
         pool._charge_tool(name, name, (), arguments, loop_limit)
-        span = _tool_span(name, name, pool) if _tracing() else None
-        if span is not None and isinstance(call_id, str):
-            span.set_attribute(telemetry.ATTR.GEN_AI_TOOL_CALL_ID, call_id)
+        # An @ag.tool_call function of the same name in the body takes this claim instead
+        # of charging again (the body runs in a copy of this context).
+        claim = ToolClaim(name)
+        token = _tool_claim.set(claim)
         with self._lock:
-            self._tools[run_id] = _ToolRun(pool, name, name, perf_counter(), span)
+            self._tools[run_id] = _ToolRun(
+                pool, name, name, perf_counter(), time_ns(), claim, token, call_id
+            )
 
-    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> Any:
-        """Write the tool's ledger row and keep its output for `Verbatim` provenance."""
+    def _end_tool(self, run_id: UUID, error: BaseException | None, output: Any) -> None:
         with self._lock:
             run = self._tools.pop(run_id, None)
         if run is None:
             return
-        _tool_row(run.pool, run.route, run.t0, "ok", None)
-        if run.span is not None:
-            run.span.end()
-        if run.name in _provenance_sources:
+        try:
+            _tool_claim.reset(run.token)
+        except ValueError:  # ended in another context than it started: nothing to undo here
+            pass
+        if run.claim.taken:
+            return  # the decorator wrote the row, the span and the provenance of this call
+        outcome = "ok" if error is None else "error"
+        detail = None if error is None else {"error.type": type(error).__name__}
+        _tool_row(run.pool, run.route, run.t0, outcome, detail)
+        if _tracing():
+            span = _tool_span(run.name, run.route, run.pool, start_time=run.t0_ns)
+            if isinstance(run.call_id, str):
+                span.set_attribute(telemetry.ATTR.GEN_AI_TOOL_CALL_ID, run.call_id)
+            _end_span(span, error)
+        if error is None and run.name in _provenance_sources:
             _record_provenance(run.pool, run.name, _output_value(output))
         if _call_listeners:
             _notify(
@@ -475,29 +490,17 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                     run.route,
                     run.pool,
                     duration=perf_counter() - run.t0,
-                    outcome="ok",
+                    outcome=outcome,
                 )
             )
 
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> Any:
+        """Write the tool's ledger row and keep its output for `Verbatim` provenance."""
+        self._end_tool(run_id, None, output)
+
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> Any:
         """Write the failed tool's ledger row (its call stays counted)."""
-        with self._lock:
-            run = self._tools.pop(run_id, None)
-        if run is None:
-            return
-        _tool_row(run.pool, run.route, run.t0, "error", {"error.type": type(error).__name__})
-        _end_span(run.span, error)
-        if _call_listeners:
-            _notify(
-                CallInfo(
-                    "tool",
-                    run.name,
-                    run.route,
-                    run.pool,
-                    duration=perf_counter() - run.t0,
-                    outcome="error",
-                )
-            )
+        self._end_tool(run_id, error, None)
 
     @property
     def in_flight(self) -> int:
