@@ -83,7 +83,7 @@ __all__ = [
     "NOT_RETRYABLE",
     "STOP_METADATA_KEY",
     "retry_on",
-    "tool_error_message",
+    "handle_argument_errors",
 ]
 
 ExitBehavior = Literal["error", "end"]
@@ -147,8 +147,8 @@ def retry_on(
     return should_retry
 
 
-def tool_error_message(error: ToolArgumentError) -> str:
-    """`ToolNode(handle_tool_errors=tool_error_message)`: hand a rejected argument back to the
+def handle_argument_errors(error: ToolArgumentError) -> str:
+    """`ToolNode(handle_tool_errors=handle_argument_errors)`: hand a rejected argument back to the
     model as its correction message; every other error (a spent budget) propagates.
 
     LangGraph reads the annotation of `error` to decide which errors this handles.
