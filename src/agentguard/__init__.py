@@ -5,10 +5,12 @@ Every name a user needs is re-exported here; the logic lives in one module per c
 
 from __future__ import annotations
 
+from . import validators
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
 from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
+from .contracts import contract
 from .errors import (
     AgentGuardError,
     ArgumentProblem,
@@ -20,12 +22,14 @@ from .errors import (
     ContentAnomaly,
     ContractViolation,
     CorrectionsExhausted,
+    LookupFailed,
     LoopDetected,
     NoActivePool,
     RetriesExhausted,
     ToolArgumentError,
     UnknownPrice,
 )
+from .tool_messages import tool_error_message, tool_schema
 from .usage import Price, Usage, genai_price, read_usage
 
 __version__ = "0.1.0"
@@ -45,6 +49,11 @@ __all__ = [
     "record_usage",
     "current_call",
     "CallInfo",
+    # validation and contracts
+    "validators",
+    "contract",
+    "tool_error_message",
+    "tool_schema",
     # usage and price
     "Usage",
     "Price",
@@ -70,6 +79,7 @@ __all__ = [
     "ArgumentProblem",
     "ToolArgumentError",
     "CorrectionsExhausted",
+    "LookupFailed",
     "ContractViolation",
     "ContentAnomaly",
     "RetriesExhausted",

@@ -60,6 +60,7 @@ class ATTR:
     RESEND_COUNT = "http.request.resend_count"
     WAIT_SECONDS = "agentguard.retry.wait_seconds"
     OWNER = "agentguard.bypass.owner"
+    FUNCTION = "agentguard.function"  # the producer named by a contract
 
 
 class METRIC:
