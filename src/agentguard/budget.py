@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 import threading
 import time
 import uuid
@@ -83,6 +84,23 @@ _now = time.perf_counter
 _LLM_CHARGE: Mapping[str, float] = {"llm_calls": 1}
 
 
+class _LoopWindow:
+    """Identical-call counts over the last `window` tool calls of a run (two half buckets).
+
+    A key's count is its count in the current half plus the previous half, so every call in
+    the last `window / 2` calls is always counted, and none older than `window` calls is.
+    Memory is bounded by `window` keys whatever the run's length.
+    """
+
+    __slots__ = ("cur", "half", "n", "prev")
+
+    def __init__(self, window: int) -> None:
+        self.cur: dict[int, int] = {}
+        self.prev: dict[int, int] = {}
+        self.n = 0
+        self.half = max(1, window // 2)
+
+
 def _first(item: tuple[str, Any]) -> str:
     return item[0]
 
@@ -122,6 +140,7 @@ class PoolSnapshot:
     stopped: bool
     stop_reason: str | None
     children: tuple[PoolSnapshot, ...] = field(default_factory=tuple)
+    stopped_by: str | None = None
 
     def render(self, indent: str = "") -> str:
         """A readable tree: one line per pool, limited dimensions as spent/limit."""
@@ -134,10 +153,15 @@ class PoolSnapshot:
             for dim, v in self.spent.items()
             if dim not in self.limits and v and dim != "wall_seconds"
         ]
-        state = "STOPPED" if self.stopped else "ok"
+        if not self.stopped:
+            state = "ok"
+        elif self.stopped_by and self.stopped_by != self.name:
+            state = f"STOPPED by {self.stopped_by!r}"
+        else:
+            state = "STOPPED"
         line = f"{indent}{self.name} [{state}] " + ", ".join(parts + counted)
         lines = [line.rstrip()]
-        if self.stop_reason and self.stopped:
+        if self.stop_reason and self.stopped and self.stopped_by == self.name:
             lines.append(f"{indent}  stopped: {self.stop_reason.split('. ')[0]}")
         for child in self.children:
             lines.append(child.render(indent + "  "))
@@ -244,7 +268,9 @@ class BudgetPool:
             self._spent[dim] = 0.0
             self._reserved[dim] = 0.0
         self._warn_marks: dict[str, float] = (
-            {dim: limit * warn_at for dim, limit in limits.items()} if warn_at else {}
+            {dim: limit * warn_at for dim, limit in limits.items() if limit > 0}
+            if warn_at
+            else {}
         )
         self._stopped: BudgetExceeded | None = None
         self._children: list[BudgetPool] = []
@@ -259,8 +285,7 @@ class BudgetPool:
         self.run_id: str = uuid.uuid4().hex[:16]
         self.path = self.name
         self._ledger: list[tuple[Any, ...]] = []
-        self._loop_counts: dict[int, int] = {}
-        self._loop_recent: deque[int] = deque(maxlen=loop_window)
+        self._loop = _LoopWindow(loop_window)
         self.provenance: dict[str, deque[Any]] = {}
         self._corrections: dict[str, int] = {}  # per tool, on the root (argument guard)
         self._started = _config.get_config().clock.monotonic()
@@ -272,6 +297,18 @@ class BudgetPool:
         self._remote = backend is not None
         self._tool_limit: float | None = limits.get("tool_calls")
         self._tool_warn: float | None = self._warn_marks.get("tool_calls")
+        self._update_gate()
+
+    def _update_gate(self) -> None:
+        """Recompute the fast-path gate: the tool-call count below which nothing can happen
+        (no refusal, no warn alert) for a lone in-memory pool without a deadline."""
+        gate = math.inf
+        if self._tool_limit is not None:
+            gate = self._tool_limit + 1 - 1e-9  # used <= limit passes
+        if self._tool_warn is not None:
+            gate = min(gate, self._tool_warn)
+        self._tool_gate = gate
+        self._simple = self._parent is None and not self._remote and not self._chain_deadline
 
     @staticmethod
     def _check_limit(dim: str, value: Any) -> float:
@@ -326,11 +363,14 @@ class BudgetPool:
             self.run_id = root.run_id
             self.path = f"{parent.path}/{self.name}"
             self._ledger = root._ledger
-            self._loop_counts = root._loop_counts
-            self._loop_recent = root._loop_recent
+            self._loop = root._loop
             self.provenance = root.provenance
             self._chain_deadline = any(p._wall_limit is not None for p in self._chain)
             self._remote = any(p.backend is not None for p in self._chain)
+            self._update_gate()
+            for dim in parent._spent:
+                self._spent.setdefault(dim, 0.0)
+                self._reserved.setdefault(dim, 0.0)
             if self._loop_limit_given is _INHERIT:
                 self._loop_limit = parent._loop_limit
             parent._children.append(self)
@@ -465,6 +505,7 @@ class BudgetPool:
         with self._lock:
             children = tuple(self._children)
         stop = self.stop_error
+        stopped_by = next((p.name for p in self._chain if p._stopped is not None), None)
         return PoolSnapshot(
             name=self.name,
             path=self.path,
@@ -476,6 +517,7 @@ class BudgetPool:
             stopped=stop is not None,
             stop_reason=str(stop) if stop is not None else None,
             children=tuple(c.snapshot() for c in children),
+            stopped_by=stopped_by,
         )
 
     def tree(self) -> str:
@@ -576,6 +618,33 @@ class BudgetPool:
             except TypeError:  # unhashable arguments (dicts, lists): hash their repr instead
                 loop_key = hash((repr(args), repr(sorted(kwargs.items(), key=_first))))
             loop_key ^= hash(tool)
+        if self._simple:
+            # Fast path: a lone in-memory pool with no deadline, well inside its limit and its
+            # warn mark, and (when guarded) a loop count below the limit. Anything else takes
+            # the general path below, which re-checks everything under the lock.
+            lock = self._lock
+            lock.acquire()
+            spent = self._spent
+            used = spent["tool_calls"] + 1
+            if self._stopped is None and used + self._reserved["tool_calls"] < self._tool_gate:
+                if loop_limit is None:
+                    spent["tool_calls"] = used
+                    lock.release()
+                    return
+                loop = self._loop
+                cur = loop.cur
+                mine = cur.get(loop_key, 0) + 1
+                if mine + loop.prev.get(loop_key, 0) <= loop_limit:
+                    spent["tool_calls"] = used
+                    cur[loop_key] = mine
+                    loop.n += 1
+                    if loop.n >= loop.half:
+                        loop.prev = cur
+                        loop.cur = {}
+                        loop.n = 0
+                    lock.release()
+                    return
+            lock.release()
         err: BudgetExceeded | None = None
         stopped: BudgetPool | None = None
         warns: list[tuple[BudgetPool, str]] | None = None
@@ -599,8 +668,10 @@ class BudgetPool:
                     break
             else:
                 if loop_limit is not None:
-                    counts = self._loop_counts
-                    n = counts.get(loop_key, 0) + 1
+                    loop = self._loop
+                    cur = loop.cur
+                    mine = cur.get(loop_key, 0) + 1
+                    n = mine + loop.prev.get(loop_key, 0)
                     if n > loop_limit:
                         err = LoopDetected(
                             pool=self.name,
@@ -612,16 +683,12 @@ class BudgetPool:
                         )
                         stopped = self
                     else:
-                        recent = self._loop_recent
-                        if len(recent) == recent.maxlen:
-                            old = recent[0]
-                            left = counts[old] - 1
-                            if left:
-                                counts[old] = left
-                            else:
-                                del counts[old]
-                        recent.append(loop_key)
-                        counts[loop_key] = n
+                        cur[loop_key] = mine
+                        loop.n += 1
+                        if loop.n >= loop.half:
+                            loop.prev = cur
+                            loop.cur = {}
+                            loop.n = 0
                 if err is None:
                     for p in chain:
                         spent = p._spent
@@ -631,6 +698,7 @@ class BudgetPool:
                         if mark is not None and used + p._reserved["tool_calls"] >= mark:
                             p._tool_warn = None
                             p._warn_marks.pop("tool_calls", None)
+                            p._update_gate()
                             warns = warns or []
                             warns.append((p, "tool_calls"))
                     if not self._charged:
@@ -702,6 +770,7 @@ class BudgetPool:
                                 del p._warn_marks[dim]
                                 if dim == "tool_calls":
                                     p._tool_warn = None
+                                    p._update_gate()
                                 warns = warns or []
                                 warns.append((p, dim))
                 self._charged = True
@@ -719,6 +788,22 @@ class BudgetPool:
         if warns:
             self._emit_warns(warns, route)
         return Reservation(self, dict(charge), dict(reserve), route, function, kind)
+
+    def _tool_row(
+        self,
+        route: str | None,
+        started: float,
+        outcome: str,
+        duration: float | None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The ledger row of a tool call charged with `_charge_tool` (for adapters).
+
+        `started` is a `time.perf_counter()` reading taken when the tool started.
+        """
+        self._ledger.append(
+            (started, self, route, "tool", _TOOL_CHARGE, outcome, duration, (), detail)
+        )
 
     def _unknown_dimension(self, dim: str) -> None:
         declared = sorted({d for p in self._chain for d in p.custom_dimensions})
@@ -751,6 +836,7 @@ class BudgetPool:
                         del p._warn_marks[dim]
                         if dim == "tool_calls":
                             p._tool_warn = None
+                            p._update_gate()
                         warns = warns or []
                         warns.append((p, dim))
             first_err: tuple[BudgetPool, BudgetExceeded] | None = None
