@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from langchain.agents import create_agent
@@ -12,6 +12,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool, tool
 
 import agentguard as ag
+from agentguard import validators as v
 from agentguard.integrations.langchain import (
     NOT_RETRYABLE,
     STOP_METADATA_KEY,
@@ -387,3 +388,174 @@ def test_no_pool_fails_closed_before_the_provider() -> None:
     with pytest.raises(ag.NoActivePool):
         agent.invoke(INPUT, config=CFG)
     assert model.provider_calls == []
+
+
+# -- argument validation and bounded correction rounds ----------------------------------------
+
+USERS = {"u-42": {"name": "Ann"}}
+DESCRIBED = "the user mentioned in the conversation"
+
+
+class Directory:
+    """A user directory that records every lookup (sync and async)."""
+
+    def __init__(self) -> None:
+        self.lookups: list[str] = []
+
+    def find(self, user_id: str) -> dict[str, str] | None:
+        self.lookups.append(user_id)
+        return USERS.get(user_id)
+
+    async def afind(self, user_id: str) -> dict[str, str] | None:
+        self.lookups.append(user_id)
+        return USERS.get(user_id)
+
+
+def user_id_type(directory: Directory, *, is_async: bool) -> Any:
+    """`Annotated[str, v.Resolves(...)]` built at runtime (this module has lazy annotations)."""
+    lookup = directory.afind if is_async else directory.find
+    return Annotated[str, v.Resolves(lookup, what="user id")]
+
+
+def escalation_tool(directory: Directory, bodies: BodyCounter, *, is_async: bool) -> BaseTool:
+    if is_async:
+
+        async def escalate_to_human(user_id: str) -> str:
+            """Hand the conversation to a human agent for this user."""
+            bodies.hit(user_id)
+            return f"escalated {v.resolved(user_id)['name']}"
+
+        fn: Any = escalate_to_human
+    else:
+
+        def escalate_to_human_sync(user_id: str) -> str:
+            """Hand the conversation to a human agent for this user."""
+            bodies.hit(user_id)
+            return f"escalated {v.resolved(user_id)['name']}"
+
+        fn = escalate_to_human_sync
+    fn.__annotations__ = {"user_id": user_id_type(directory, is_async=is_async), "return": str}
+    return tool("escalate_to_human", description="Escalate to a human.")(fn)
+
+
+def escalations(*user_ids: str) -> Any:
+    for i, user_id in enumerate(user_ids):
+        yield AIMessage(
+            content="",
+            tool_calls=[{"name": "escalate_to_human", "args": {"user_id": user_id}, "id": f"e{i}"}],
+            usage_metadata=USAGE,  # type: ignore[arg-type]
+        )
+    yield AIMessage(content="escalated", usage_metadata=USAGE)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_model_corrects_a_described_user_id_after_the_correction_message(run: str) -> None:
+    directory, bodies = Directory(), BodyCounter()
+    model = ScriptedChatModel(messages=escalations(DESCRIBED, "u-42"))
+    agent = agent_for(
+        model, [escalation_tool(directory, bodies, is_async=run == "async")], max_corrections=2
+    )
+    with ag.BudgetPool(tool_calls=5) as pool:
+        if run == "sync":
+            out = agent.invoke(INPUT, config=CFG)
+        else:
+            out = asyncio.run(agent.ainvoke(INPUT, config=CFG))
+    rejected = out["messages"][2]
+    assert isinstance(rejected, ToolMessage) and rejected.status == "error"
+    assert rejected.tool_call_id == "e0"
+    assert f"you sent {DESCRIBED!r}" in rejected.content
+    assert "`user_id`" in rejected.content and "1 correction round(s) remain" in rejected.content
+    assert out["messages"][4].content == "escalated Ann"
+    assert bodies.calls == ["u-42"]  # the body ran once, with the real id
+    assert directory.lookups == ["u-42"]  # one lookup: LangChain's own pass reused the record
+    assert pool.spent["tool_calls"] == 1  # a rejected call is a correction round, not a call
+    corrections = [r for r in pool.ledger if r.kind == "correction"]
+    assert len(corrections) == 1 and corrections[0].outcome == "rejected"
+    assert DESCRIBED not in repr(corrections[0].detail)  # the ledger never holds the value
+
+
+@pytest.mark.parametrize("exit_behavior", ["error", "end"])
+def test_model_that_never_corrects_hits_the_round_limit(exit_behavior: str) -> None:
+    directory, bodies = Directory(), BodyCounter()
+    model = ScriptedChatModel(
+        messages=escalations(DESCRIBED, "his user id", "u-999", "the same user", "u-42")
+    )
+    agent = agent_for(
+        model,
+        [escalation_tool(directory, bodies, is_async=False)],
+        max_corrections=2,
+        exit_behavior=exit_behavior,
+    )
+    with ag.BudgetPool() as pool:
+        if exit_behavior == "error":
+            with pytest.raises(ag.CorrectionsExhausted) as info:
+                agent.invoke(INPUT, config=CFG)
+            assert info.value.rounds == 3 and info.value.max_corrections == 2
+        else:
+            out = agent.invoke(INPUT, config=CFG)
+            final = out["messages"][-1]
+            stop = final.response_metadata[STOP_METADATA_KEY]
+            assert stop["error.type"] in {"CorrectionsExhausted", "BudgetExceeded"}
+            assert "escalate_to_human" in final.content
+    assert bodies.calls == []
+    assert len(model.provider_calls) == 3  # no model call after the last round
+    assert directory.lookups == ["u-999"]  # placeholders are rejected without a lookup
+    assert pool.stopped
+    outcomes = [r.outcome for r in pool.ledger if r.kind == "correction"]
+    assert outcomes == ["rejected", "rejected", "exhausted"]
+
+
+def test_decorated_tool_is_validated_before_langchain_parses_it() -> None:
+    """Without the middleware's check first, LangChain's own schema validation would answer
+    the model with a pydantic error and no round would be counted."""
+    directory, bodies = Directory(), BodyCounter()
+
+    def escalate_to_human(user_id: str) -> str:
+        """Escalate to a human."""
+        bodies.hit(user_id)
+        return "ok"
+
+    escalate_to_human.__annotations__ = {
+        "user_id": user_id_type(directory, is_async=False),
+        "return": str,
+    }
+    decorated = tool(ag.tool_call(max_corrections=1)(escalate_to_human))
+    model = ScriptedChatModel(messages=escalations(DESCRIBED, "u-42"))
+    agent = agent_for(model, [decorated])
+    with ag.BudgetPool() as pool:
+        out = agent.invoke(INPUT, config=CFG)
+    assert "This was the last correction round" in out["messages"][2].content
+    assert bodies.calls == ["u-42"]
+    assert pool.spent["tool_calls"] == 1  # charged once, by the decorator
+
+
+def test_tool_node_with_the_middleware_wrappers_validates_in_a_hand_built_graph() -> None:
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode, tools_condition
+
+    directory, bodies = Directory(), BodyCounter()
+    model = ScriptedChatModel(messages=escalations(DESCRIBED, "u-42"))
+    guard = AgentGuardMiddleware(max_corrections=1)
+
+    def agent(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", agent)
+    graph.add_node(
+        "tools",
+        ToolNode(
+            [escalation_tool(directory, bodies, is_async=False)],
+            wrap_tool_call=guard.wrap_tool_call,
+            awrap_tool_call=guard.awrap_tool_call,
+        ),
+    )
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    with ag.BudgetPool(tool_calls=3) as pool:
+        out = graph.compile().invoke(INPUT, config={"callbacks": [BudgetCallbackHandler()]})
+    assert out["messages"][2].status == "error"
+    assert bodies.calls == ["u-42"]
+    assert pool.spent["tool_calls"] == 1  # middleware wrapper charged; the handler skipped
+    assert pool.spent["llm_calls"] == 3

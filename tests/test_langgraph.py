@@ -17,7 +17,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 import agentguard as ag
-from agentguard.integrations.langchain import BudgetCallbackHandler, handle_argument_errors
+from agentguard.integrations.langchain import BudgetCallbackHandler
 from tests.lc_fakes import BodyCounter, ScriptedChatModel, tool_call_script
 
 INPUT = {"messages": [HumanMessage("check every order")]}
@@ -141,17 +141,6 @@ def test_toolnode_handle_tool_errors_true_cannot_keep_the_run_going() -> None:
     assert info.value.stopped_earlier  # refused by the stopped-pool rule
     assert info.value.function == "ScriptedChatModel"
     assert len(model.provider_calls) == 6
-
-
-def test_tool_error_message_handler_returns_corrections_and_lets_budget_errors_through() -> None:
-    """`handle_tool_errors=handle_argument_errors` handles ToolArgumentError only."""
-    bodies = BodyCounter()
-    model = ScriptedChatModel(messages=tool_call_script(30))
-    graph = react_graph(model, [make_tool(bodies)], handle_tool_errors=handle_argument_errors)
-    with ag.BudgetPool(tool_calls=5), pytest.raises(ag.BudgetExceeded) as info:
-        graph.invoke(INPUT, config=cfg())
-    assert not info.value.stopped_earlier  # the first refusal itself came out
-    assert len(bodies) == 5
 
 
 def test_run_under_the_limit_finishes_and_settles_every_call() -> None:

@@ -223,7 +223,7 @@ def tool_call(
         rte = route or tool
         fixed_loop = loop_limit is not _UNSET
         guard = compile_arguments(func, tool=tool, route=rte, max_corrections=max_corrections)
-        meta = {"kind": "tool", "name": tool, "route": rte}
+        meta = {"kind": "tool", "name": tool, "route": rte, "max_corrections": max_corrections}
         names = frozenset((tool, func.__name__))
 
         def precharged() -> bool:

@@ -329,6 +329,10 @@ class Validator:
 # -- Resolves ----------------------------------------------------------------------------------
 
 _records: ContextVar[tuple[tuple[Any, Any], ...]] = ContextVar("agentguard_resolved", default=())
+_reuse_records: ContextVar[bool] = ContextVar("agentguard_reuse_resolved", default=False)
+"""Set by an adapter around a tool call its argument guard already validated (the LangChain
+middleware): the framework's own pydantic pass over the same signature then reuses the
+records instead of running every lookup again (an async lookup could not run there at all)."""
 
 
 def _record_key(value: Any) -> Any:
@@ -428,6 +432,10 @@ class Resolves(Validator):
         if ctx is not None and ctx.defer:
             ctx.deferred.append((self, value, argument or "value"))
             return value
+        if ctx is None and _reuse_records.get():
+            key = _record_key(value)
+            if any(k == key for k, _ in _records.get()):
+                return value
         record = self.call(value, argument or "value", ctx.tool if ctx is not None else None)
         if record is None:
             raise self._not_found(value)

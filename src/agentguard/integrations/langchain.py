@@ -75,6 +75,7 @@ from ..errors import (
     ToolArgumentError,
 )
 from ..telemetry import tracing_enabled as _tracing
+from ..validators import _reuse_records
 
 __all__ = [
     "AgentGuardMiddleware",
@@ -83,7 +84,6 @@ __all__ = [
     "NOT_RETRYABLE",
     "STOP_METADATA_KEY",
     "retry_on",
-    "handle_argument_errors",
 ]
 
 ExitBehavior = Literal["error", "end"]
@@ -145,15 +145,6 @@ def retry_on(
         return bool(decide(exc))
 
     return should_retry
-
-
-def handle_argument_errors(error: ToolArgumentError) -> str:
-    """`ToolNode(handle_tool_errors=handle_argument_errors)`: hand a rejected argument back to the
-    model as its correction message; every other error (a spent budget) propagates.
-
-    LangGraph reads the annotation of `error` to decide which errors this handles.
-    """
-    return error.model_message
 
 
 def _resolve_pool(fixed: BudgetPool | None, kind: str, route: str | None, fn: str) -> BudgetPool:
@@ -807,7 +798,11 @@ class AgentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     # -- tool calls ---------------------------------------------------------------------------
 
     def _guard_for(self, tool: Any, name: str) -> Any:
-        """The compiled argument guard of a tool's function (None: no validators); cached."""
+        """The compiled argument guard of a tool's function (None: no validators); cached.
+
+        For an `@ag.tool_call` function the decorator's name, route and `max_corrections`
+        apply, so its correction rounds are the same count as the decorator's own.
+        """
         fns = _tool_functions(tool)
         if not fns:
             return None
@@ -815,8 +810,16 @@ class AgentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         cached = self._guards.get(id(fn))
         if cached is not None and cached[0] is fn:
             return cached[1]
+        meta = getattr(fn, "__agentguard__", None)
+        route = name
+        max_corrections = self.max_corrections
+        if isinstance(meta, Mapping) and meta.get("kind") == "tool":
+            name = meta.get("name") or name
+            route = meta.get("route") or name
+            if meta.get("max_corrections") is not None:
+                max_corrections = meta["max_corrections"]
         guard = _argcheck.compile_arguments(
-            fn, tool=name, route=name, max_corrections=self.max_corrections
+            fn, tool=name, route=route, max_corrections=max_corrections
         )
         with self._guards_lock:
             self._guards[id(fn)] = (fn, guard)
@@ -886,43 +889,52 @@ class AgentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
                 CallInfo("tool", name, name, pool, duration=perf_counter() - t0, outcome="error")
             )
 
+    def _prepare_tool(self, request: ToolCallRequest) -> tuple[Any, BudgetPool | None, bool]:
+        """(argument guard or None, pool when the guard needs one, decorated?)."""
+        tool = request.tool
+        name = request.tool_call["name"]
+        guard = self._guard_for(tool, name)
+        pool = _resolve_pool(self.pool, "tool", name, name) if guard is not None else None
+        return guard, pool, _tool_is_guarded(tool)
+
     def wrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
     ) -> ToolMessage | Command[Any]:
         """Validate the arguments, charge the call, then run the tool."""
-        tool = request.tool
-        if tool is None:
+        if request.tool is None:
             return handler(request)  # unknown tool: ToolNode answers with its own error
-        if _tool_is_guarded(tool):
-            try:
-                return handler(request)
-            except ToolArgumentError as err:
-                return self._correction(request, err)
-            except (BudgetExceeded, CorrectionsExhausted) as err:
-                return self._refused(request, err)
-        kwargs = dict(request.tool_call["args"])
-        guard = self._guard_for(tool, request.tool_call["name"])
+        admitted: tuple[BudgetPool, float, Any] | None = None
         try:
+            guard, pool, decorated = self._prepare_tool(request)
             if guard is not None:
-                pool = _resolve_pool(self.pool, "tool", tool.name, tool.name)
-                _, kwargs = guard.check(pool, (), kwargs)
-                request = _with_args(request, kwargs)
-            pool, t0, span = self._admit_tool(request, kwargs)
+                guard.check(pool, (), dict(request.tool_call["args"]))
+            if not decorated:
+                admitted = self._admit_tool(request, request.tool_call["args"])
         except ToolArgumentError as err:
             return self._correction(request, err)
         except (BudgetExceeded, CorrectionsExhausted) as err:
             return self._refused(request, err)
         marker = _tool_charged_by.set(request.tool_call.get("id"))
+        reuse = _reuse_records.set(guard is not None)
         try:
             result = handler(request)
+        except ToolArgumentError as err:  # raised by an @ag.tool_call body
+            return self._correction(request, err)
+        except (BudgetExceeded, CorrectionsExhausted) as err:
+            if admitted is not None:
+                self._tool_failed(request, *admitted, err)
+            return self._refused(request, err)
         except BaseException as exc:
-            self._tool_failed(request, pool, t0, span, exc)
+            if admitted is not None:
+                self._tool_failed(request, *admitted, exc)
             raise
         finally:
+            _reuse_records.reset(reuse)
             _tool_charged_by.reset(marker)
-        self._tool_done(request, pool, t0, span, result)
+        if admitted is not None:
+            self._tool_done(request, *admitted, result)
         return result
 
     async def awrap_tool_call(
@@ -930,38 +942,39 @@ class AgentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
-        """Async `wrap_tool_call` (async validators are awaited)."""
-        tool = request.tool
-        if tool is None:
+        """Async `wrap_tool_call` (async lookups of the validators are awaited)."""
+        if request.tool is None:
             return await handler(request)
-        if _tool_is_guarded(tool):
-            try:
-                return await handler(request)
-            except ToolArgumentError as err:
-                return self._correction(request, err)
-            except (BudgetExceeded, CorrectionsExhausted) as err:
-                return self._refused(request, err)
-        kwargs = dict(request.tool_call["args"])
-        guard = self._guard_for(tool, request.tool_call["name"])
+        admitted: tuple[BudgetPool, float, Any] | None = None
         try:
+            guard, pool, decorated = self._prepare_tool(request)
             if guard is not None:
-                pool = _resolve_pool(self.pool, "tool", tool.name, tool.name)
-                _, kwargs = await guard.acheck(pool, (), kwargs)
-                request = _with_args(request, kwargs)
-            pool, t0, span = self._admit_tool(request, kwargs)
+                await guard.acheck(pool, (), dict(request.tool_call["args"]))
+            if not decorated:
+                admitted = self._admit_tool(request, request.tool_call["args"])
         except ToolArgumentError as err:
             return self._correction(request, err)
         except (BudgetExceeded, CorrectionsExhausted) as err:
             return self._refused(request, err)
         marker = _tool_charged_by.set(request.tool_call.get("id"))
+        reuse = _reuse_records.set(guard is not None)
         try:
             result = await handler(request)
+        except ToolArgumentError as err:
+            return self._correction(request, err)
+        except (BudgetExceeded, CorrectionsExhausted) as err:
+            if admitted is not None:
+                self._tool_failed(request, *admitted, err)
+            return self._refused(request, err)
         except BaseException as exc:
-            self._tool_failed(request, pool, t0, span, exc)
+            if admitted is not None:
+                self._tool_failed(request, *admitted, exc)
             raise
         finally:
+            _reuse_records.reset(reuse)
             _tool_charged_by.reset(marker)
-        self._tool_done(request, pool, t0, span, result)
+        if admitted is not None:
+            self._tool_done(request, *admitted, result)
         return result
 
 
@@ -979,12 +992,6 @@ def _restate_stop(pool: BudgetPool, route: str | None) -> BudgetExceeded:
         if p._stopped is not None:
             return pool._already_stopped(p, route, "AgentGuardMiddleware")
     raise ConfigurationError(f"pool {pool.name!r} is not stopped")  # pragma: no cover
-
-
-def _with_args(request: ToolCallRequest, kwargs: dict[str, Any]) -> ToolCallRequest:
-    if kwargs == request.tool_call["args"]:
-        return request
-    return request.override(tool_call={**request.tool_call, "args": kwargs})
 
 
 def _response_message(result: Any) -> Any:
