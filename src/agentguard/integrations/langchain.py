@@ -635,8 +635,10 @@ class AgentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             from .. import _config
 
             pool = _config.get_config().default_pool
-        if pool is not None and pool.stopped:
-            return _restate_stop(pool, self.route)
+        if pool is not None:
+            first = pool.stop_error
+            if first is not None:
+                return first
         messages = state.get("messages") or []
         for message in reversed(messages):
             if isinstance(message, AIMessage):
@@ -672,7 +674,8 @@ class AgentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         if self.exit_behavior == "error":
             if isinstance(err, _MarkedStop):
                 return None  # a correction stop already raised; nothing was swallowed
-            raise err
+            pool = self.pool or _current.get()
+            raise _restate_stop(pool, self.route) if pool is not None else err
         messages = state.get("messages") or []
         last = messages[-1] if messages else None
         if isinstance(last, AIMessage) and STOP_METADATA_KEY in last.response_metadata:
