@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"({exc}). Fix: pip install 'agentguard[langchain]'."
     ) from exc
 
-from .. import _argcheck, telemetry
+from .. import _argcheck, _config, telemetry
 from .._events import record_event
 from ..budget import _LLM_CHARGE, _TOOL_CHARGE, BudgetPool, _current
 from ..calls import (
@@ -55,6 +55,7 @@ from ..calls import (
     _active_call,
     _call_listeners,
     _end_span,
+    _estimate_text_tokens,
     _finish_llm,
     _llm_span,
     _llm_telemetry,
@@ -75,6 +76,7 @@ from ..errors import (
     ToolArgumentError,
 )
 from ..telemetry import tracing_enabled as _tracing
+from ..usage import Usage, _from_usage_block
 from ..validators import _reuse_records
 
 __all__ = [
@@ -150,8 +152,6 @@ def retry_on(
 def _resolve_pool(fixed: BudgetPool | None, kind: str, route: str | None, fn: str) -> BudgetPool:
     if fixed is not None:
         return fixed
-    from .. import _config
-
     pool = _current.get() or _config.get_config().default_pool
     if pool is None:
         raise NoActivePool(kind=kind, route=route, function=fn)
@@ -357,18 +357,11 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         model = _first_str(meta.get("ls_model_name"), params.get("model"), params.get("model_name"))
         name = _first_str(kwargs.get("name"), _serialized_name(serialized)) or "chat_model"
         route = self.route or model or name
-        max_tokens = meta.get("ls_max_tokens")
-        settings = _LLMSettings(
-            name=name,
-            route=route,
-            model=model,
-            provider=_first_str(meta.get("ls_provider")),
-            max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-            input_tokens=None,
-            usage=None,
+        settings = _llm_settings(
+            name, route, model, meta.get("ls_provider"), meta.get("ls_max_tokens"), prompt
         )
         pool = _resolve_pool(self.pool, "llm", route, name)
-        reserve, mdl, estimate = _plan(settings, pool, params, (prompt,))
+        reserve, mdl, estimate = _plan(settings, pool, params, ())
         reservation = pool._admit(_LLM_CHARGE, reserve, route, name, "llm")
         info = CallInfo(
             "llm", name, route, pool, reservation, model=mdl, provider=settings.provider
@@ -390,6 +383,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         info = run.info
         info.duration = perf_counter() - run.t0
         _reset_active(run.token)
+        info.usage = _message_usage(_first_message(response))
         _finish_llm(
             run.settings,
             info,
@@ -498,6 +492,38 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         """Model and tool calls started and not yet ended (0 once a run is over)."""
         with self._lock:
             return len(self._llm) + len(self._tools)
+
+
+def _estimate_prompt(prompts: Any) -> int:
+    """Input tokens of LangChain prompts (lists of messages, or strings): 4 characters a token."""
+    total = 0
+    for prompt in prompts:
+        items = [prompt] if isinstance(prompt, str) else prompt
+        for item in items:
+            content = item if isinstance(item, str) else getattr(item, "content", None)
+            if isinstance(content, str):
+                total += len(content) // 4 + 1
+            elif content is not None:
+                total += _estimate_text_tokens(content)
+    return total
+
+
+def _llm_settings(
+    name: str, route: str, model: str | None, provider: Any, max_tokens: Any, prompts: Any
+) -> _LLMSettings:
+    """How to reserve for one model call: `max_tokens` from the model, input from the prompt
+    (unless `ag.configure_route(route, input_tokens=...)` says otherwise)."""
+    rs = _config.get_config().routes.get(route)
+    estimate = None if rs is not None and rs.input_tokens else _estimate_prompt(prompts)
+    return _LLMSettings(
+        name=name,
+        route=route,
+        model=model,
+        provider=provider if isinstance(provider, str) and provider else None,
+        max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
+        input_tokens=estimate or None,
+        usage=None,
+    )
 
 
 def _first_str(*values: Any) -> str | None:
@@ -632,8 +658,6 @@ class AgentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         """The refusal that ends this run: a stopped pool, or a stop marker from a tool."""
         pool = self.pool or _current.get()
         if pool is None:
-            from .. import _config
-
             pool = _config.get_config().default_pool
         if pool is not None:
             first = pool.stop_error
@@ -698,21 +722,14 @@ class AgentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         model_name = _first_str(ls.get("ls_model_name"))
         name = type(model).__name__
         route = self.route or model_name or name
-        max_tokens = ls.get("ls_max_tokens")
-        settings = _LLMSettings(
-            name=name,
-            route=route,
-            model=model_name,
-            provider=_first_str(ls.get("ls_provider")),
-            max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
-            input_tokens=None,
-            usage=None,
-        )
-        pool = _resolve_pool(self.pool, "llm", route, name)
         messages: list[Any] = list(request.messages)
         if request.system_message is not None:
             messages.insert(0, request.system_message)
-        reserve, mdl, estimate = _plan(settings, pool, request.model_settings, (messages,))
+        settings = _llm_settings(
+            name, route, model_name, ls.get("ls_provider"), ls.get("ls_max_tokens"), [messages]
+        )
+        pool = _resolve_pool(self.pool, "llm", route, name)
+        reserve, mdl, estimate = _plan(settings, pool, request.model_settings, ())
         try:
             reservation = pool._admit(_LLM_CHARGE, reserve, route, name, "llm")
         except BudgetExceeded as err:
@@ -744,10 +761,12 @@ class AgentGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     def _model_done(run: _LLMRun, result: Any) -> None:
         info = run.info
         info.duration = perf_counter() - run.t0
+        message = _response_message(result)
+        info.usage = _message_usage(message)
         _finish_llm(
             run.settings,
             info,
-            _response_message(result),
+            message,
             info.extra["reserve"],
             info.model,
             info.extra["estimate"],
@@ -995,6 +1014,30 @@ def _restate_stop(pool: BudgetPool, route: str | None) -> BudgetExceeded:
         if p._stopped is not None:
             return pool._already_stopped(p, route, "AgentGuardMiddleware")
     raise ConfigurationError(f"pool {pool.name!r} is not stopped")  # pragma: no cover
+
+
+def _first_message(response: Any) -> Any:
+    """The message of an LLMResult's first generation (None for text-completion models)."""
+    generations = getattr(response, "generations", None)
+    if generations and generations[0]:
+        return getattr(generations[0][0], "message", None)
+    return None
+
+
+def _message_usage(message: Any) -> Usage | None:
+    """Fast path: the usage of a LangChain AIMessage from its `usage_metadata`.
+
+    None when a user usage extractor is configured (it must see the response) or the message
+    carries no usage; `_finish_llm` then reads the response the general way.
+    """
+    if message is None or _config.get_config().usage_extractors:
+        return None
+    meta = getattr(message, "usage_metadata", None)
+    if not meta:
+        return None
+    response_meta = getattr(message, "response_metadata", None) or {}
+    model = response_meta.get("model_name") or response_meta.get("model")
+    return _from_usage_block(meta, model if isinstance(model, str) else None, None)
 
 
 def _response_message(result: Any) -> Any:
