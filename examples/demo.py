@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 
 # (file, title): each file has a main() that prints its story.
 SECTIONS: list[tuple[str, str]] = [
+    ("bypass_expiry.py", "2. The 'just this once' bypass that becomes permanent"),
     ("budget_leak.py", "3. Budget leaks through agent loops"),
     ("langgraph_agent.py", "Integrations: a LangChain / LangGraph agent, stopped and corrected"),
 ]

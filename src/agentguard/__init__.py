@@ -9,6 +9,7 @@ from . import checks, validators
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
+from .bypasses import Bypass, bypass, load_bypasses
 from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
 from .contracts import contract
 from .errors import (
@@ -60,6 +61,10 @@ __all__ = [
     "Price",
     "read_usage",
     "genai_price",
+    # bypasses
+    "bypass",
+    "Bypass",
+    "load_bypasses",
     # configuration and alerts
     "configure",
     "configure_route",

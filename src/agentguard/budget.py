@@ -32,6 +32,7 @@ from typing_extensions import ParamSpec, Self
 from . import _config
 from ._redact import describe_args
 from .alerts import Alert, emit_alert
+from .bypasses import Bypass, alert_expired, lookup_bypass, record_bypass_use
 from .errors import (
     BudgetExceeded,
     ConfigurationError,
@@ -648,6 +649,7 @@ class BudgetPool:
         err: BudgetExceeded | None = None
         stopped: BudgetPool | None = None
         warns: list[tuple[BudgetPool, str]] | None = None
+        bypasses: list[_BypassNote] | None = None
         now = _config._config.clock.monotonic() if self._chain_deadline else 0.0
         chain = self._chain
         lock = self._lock
@@ -658,14 +660,20 @@ class BudgetPool:
                     err = self._already_stopped(p, route, tool)
                     break
                 if p._has_deadline and now > p._deadline:  # type: ignore[operator]
+                    bypasses = _limit_bypass(p, "wall_seconds", now - p._started, bypasses)
+                    if _let_through(bypasses, p):
+                        continue  # one use per pool and call: the bypass covers its limits
                     err, stopped = self._wall_refusal(p, now, route, tool), p
                     break
                 limit = p._tool_limit
                 if limit is not None and (
                     p._spent["tool_calls"] + p._reserved["tool_calls"] + 1 > limit + _EPS
                 ):
-                    err, stopped = self._refusal(p, "tool_calls", 1, route, tool), p
-                    break
+                    used = p._spent["tool_calls"] + p._reserved["tool_calls"] + 1
+                    bypasses = _limit_bypass(p, "tool_calls", used, bypasses)
+                    if not _let_through(bypasses, p):
+                        err, stopped = self._refusal(p, "tool_calls", 1, route, tool), p
+                        break
             else:
                 if loop_limit is not None:
                     loop = self._loop
@@ -711,6 +719,8 @@ class BudgetPool:
                 )
         finally:
             lock.release()
+        if bypasses:
+            _report_bypasses(bypasses, route, tool)
         if err is not None:
             if stopped is not None:
                 self._after_stop(stopped, err)
@@ -735,6 +745,7 @@ class BudgetPool:
         err: BudgetExceeded | None = None
         stopped: BudgetPool | None = None
         warns: list[tuple[BudgetPool, str]] | None = None
+        bypasses: list[_BypassNote] | None = None
         now = _config._config.clock.monotonic() if self._chain_deadline else 0.0
         with self._lock:
             for p in self._chain:
@@ -742,6 +753,9 @@ class BudgetPool:
                     err = self._already_stopped(p, route, function)
                     break
                 if p._has_deadline and now > cast(float, p._deadline):
+                    bypasses = _limit_bypass(p, "wall_seconds", now - p._started, bypasses)
+                    if _let_through(bypasses, p):
+                        continue  # one use per pool and call: the bypass covers its limits
                     err, stopped = self._wall_refusal(p, now, route, function), p
                     break
                 limits = p.limits
@@ -753,6 +767,10 @@ class BudgetPool:
                         continue
                     need = charge.get(dim, 0.0) + reserve.get(dim, 0.0)
                     if p._spent[dim] + p._reserved[dim] + need > limit + _EPS:
+                        used = p._spent[dim] + p._reserved[dim] + need
+                        bypasses = _limit_bypass(p, dim, used, bypasses)
+                        if _let_through(bypasses, p):
+                            break  # one use per pool and call; the pool's other limits too
                         err, stopped = self._refusal(p, dim, need, route, function), p
                         break
                 if err is not None:
@@ -781,6 +799,8 @@ class BudgetPool:
                 self._ledger.append(
                     (_now(), self, route, kind, {}, "refused", None, (err.dimension,), None)
                 )
+        if bypasses:
+            _report_bypasses(bypasses, route, function)
         if err is not None:
             if stopped is not None:
                 self._after_stop(stopped, err)
@@ -819,6 +839,7 @@ class BudgetPool:
         """Return the reservation and charge `actual` (may overrun: the pool then stops)."""
         over: list[tuple[BudgetPool, str]] = []
         warns: list[tuple[BudgetPool, str]] | None = None
+        bypasses: list[_BypassNote] | None = None
         for dim in actual:
             if dim not in self._spent:
                 self._unknown_dimension(dim)
@@ -842,6 +863,10 @@ class BudgetPool:
             first_err: tuple[BudgetPool, BudgetExceeded] | None = None
             for p, dim in over:
                 if p._stopped is None:
+                    used = p._spent[dim] + p._reserved[dim]
+                    bypasses = _limit_bypass(p, dim, used, bypasses, verb="stopped the pool at")
+                    if _let_through(bypasses, p):
+                        continue
                     err = BudgetExceeded(
                         f"budget pool {p.name!r} overran its {dim} limit of "
                         f"{_num(p.limits[dim])}: the call from route {reservation.route!r} "
@@ -862,6 +887,8 @@ class BudgetPool:
                     )
                     p._stopped = err
                     first_err = first_err or (p, err)
+        if bypasses:
+            _report_bypasses(bypasses, reservation.route, reservation.function)
         if first_err is not None:
             emit_alert(
                 Alert(
@@ -1125,6 +1152,59 @@ class Reservation:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_BypassNote = tuple[Bypass, str, "BudgetPool", "str | None"]
+"""(entry, guard id, pool, what the guard would have done; None: the entry just expired)."""
+
+
+def _limit_bypass(
+    p: BudgetPool,
+    dim: str,
+    used: float,
+    notes: list[_BypassNote] | None,
+    verb: str = "refused",
+) -> list[_BypassNote] | None:
+    """Slow path, under the pool lock: look up a bypass of `budget:<pool>` for a refusal.
+
+    Queues the use (or the first hit after the entry expired) for `_report_bypasses`, which
+    runs after the lock is released. Returns the (possibly new) notes list.
+    """
+    guard_id = f"budget:{p.name}"
+    active, expired = lookup_bypass(guard_id)
+    if active is None and expired is None:
+        return notes
+    notes = notes if notes is not None else []
+    if active is None:
+        notes.append((cast(Bypass, expired), guard_id, p, None))
+        return notes
+    limit = p._wall_limit if dim == "wall_seconds" else p.limits.get(dim)
+    unit = " s" if dim == "wall_seconds" else ""
+    notes.append(
+        (
+            active,
+            guard_id,
+            p,
+            f"would have {verb} {dim} {_num(used)}{unit} > {_num(limit or 0.0)}{unit}",
+        )
+    )
+    return notes
+
+
+def _let_through(notes: list[_BypassNote] | None, p: BudgetPool) -> bool:
+    """True when the last note is an active bypass of pool `p` (just queued)."""
+    return bool(notes) and notes[-1][2] is p and notes[-1][3] is not None  # type: ignore[index]
+
+
+def _report_bypasses(notes: list[_BypassNote], route: str | None, function: str | None) -> None:
+    """Outside the lock: record each bypass use, or alert on the first hit after expiry."""
+    for entry, guard_id, p, would_have in notes:
+        if would_have is None:
+            alert_expired(entry, guard_id, pool=p.name, route=route)
+        else:
+            record_bypass_use(
+                entry, guard_id, would_have, pool=p.name, route=route, function=function
+            )
 
 
 def _materialize(raw: tuple[Any, ...]) -> LedgerRow:

@@ -16,6 +16,8 @@ __all__ = [
     "INSTRUMENTATION_NAME",
     "SPAN_EXECUTE_TOOL",
     "SPAN_CHAT",
+    "EVENT_BYPASS_USED",
+    "EVENT_BYPASS_EXPIRED",
     "ATTR",
     "METRIC",
     "tracing_enabled",
@@ -31,6 +33,10 @@ SPAN_EXECUTE_TOOL = "execute_tool {tool}"
 """GenAI semantic conventions: tool execution span (INTERNAL)."""
 SPAN_CHAT = "chat {model}"
 """GenAI semantic conventions: inference span `{gen_ai.operation.name} {gen_ai.request.model}`."""
+EVENT_BYPASS_USED = "agentguard.bypass.used"
+"""Span event on the current span each time a bypass lets a call through."""
+EVENT_BYPASS_EXPIRED = "agentguard.bypass.expired"
+"""Span event on the current span at the first hit of a guard after its bypass expired."""
 
 
 class ATTR:
@@ -61,6 +67,11 @@ class ATTR:
     WAIT_SECONDS = "agentguard.retry.wait_seconds"
     OWNER = "agentguard.bypass.owner"
     FUNCTION = "agentguard.function"  # the producer named by a contract
+    BYPASS_ENTRY = "agentguard.bypass.entry"  # the entry's guard id or pattern
+    BYPASS_REASON = "agentguard.bypass.reason"
+    BYPASS_TICKET = "agentguard.bypass.ticket"
+    BYPASS_EXPIRES = "agentguard.bypass.expires"  # ISO 8601, UTC
+    BYPASS_WOULD_HAVE = "agentguard.bypass.would_have"  # what the guard would have done
 
 
 class METRIC:
