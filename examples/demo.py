@@ -17,6 +17,8 @@ HERE = Path(__file__).resolve().parent
 SECTIONS: list[tuple[str, str]] = [
     ("bypass_expiry.py", "2. The 'just this once' bypass that becomes permanent"),
     ("budget_leak.py", "3. Budget leaks through agent loops"),
+    ("bad_arguments.py", "4. Tool arguments that are valid JSON and nonsense"),
+    ("cascade.py", "6. The cascade: a swallowed error surfaces far away"),
     ("langgraph_agent.py", "Integrations: a LangChain / LangGraph agent, stopped and corrected"),
 ]
 

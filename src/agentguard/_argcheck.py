@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import sys
 import typing
 from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, PydanticSchemaGenerationError, TypeAdapter
@@ -137,6 +139,27 @@ def _problems_from(error: _PydanticError) -> list[ArgumentProblem]:
     return problems
 
 
+def _find(obj: Any, key: str, value: Any, depth: int) -> str | None:
+    """The path suffix (`.field`, `[0].field`) under `obj` where `key` holds `value`."""
+    if depth > 6:
+        return None
+    if isinstance(obj, BaseModel):
+        obj = obj.__dict__
+    if isinstance(obj, dict):
+        if key in obj and obj[key] == value:
+            return f".{key}"
+        for name, item in obj.items():
+            found = _find(item, key, value, depth + 1)
+            if found is not None:
+                return f".{name}{found}"
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            found = _find(item, key, value, depth + 1)
+            if found is not None:
+                return f"[{i}]{found}"
+    return None
+
+
 def _carries_validator(annotation: Any, seen: set[int] | None = None, depth: int = 0) -> bool:
     """True when `annotation` (or a pydantic model / generic argument in it) has a Validator."""
     if annotation is None or depth > 8:
@@ -160,10 +183,33 @@ def _carries_validator(annotation: Any, seen: set[int] | None = None, depth: int
     return any(_carries_validator(arg, seen, depth + 1) for arg in get_args(annotation))
 
 
+def caller_namespace() -> dict[str, Any] | None:
+    """The local namespace of the nearest frame outside agentguard (where a tool is defined).
+
+    With `from __future__ import annotations`, a tool defined inside a function names local
+    objects (its lookup, its types) in string annotations that only that frame can resolve
+    (pydantic resolves its models' annotations the same way). None at module level.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != "agentguard" and not module.startswith("agentguard."):
+            break
+        frame = frame.f_back
+    if frame is None or frame.f_code.co_name == "<module>":
+        return None
+    return dict(frame.f_locals)
+
+
+def resolve_hints(fn: Callable[..., Any], localns: dict[str, Any] | None) -> dict[str, Any]:
+    """`typing.get_type_hints` of the unwrapped `fn`, extras kept. Raises NameError & co."""
+    return typing.get_type_hints(inspect.unwrap(fn), localns=localns, include_extras=True)
+
+
 def _type_hints(fn: Callable[..., Any], tool: str) -> dict[str, Any] | None:
     target = inspect.unwrap(fn)
     try:
-        return typing.get_type_hints(target, include_extras=True)
+        return resolve_hints(fn, caller_namespace())
     except (NameError, TypeError, AttributeError) as exc:
         raw = getattr(target, "__annotations__", {}) or {}
         mentions = any(isinstance(a, str) and _VALIDATOR_NAMES.search(a) for a in raw.values())
@@ -233,7 +279,8 @@ class _Guard:
             for validator, value, argument in ctx.deferred:
                 record = validator.call(value, argument, self.tool)
                 if record is None:
-                    problems.append(validator._not_found(value).problem(argument, value))
+                    path = self._path(argument, value, data)
+                    problems.append(validator._not_found(value).problem(path, value))
                 else:
                     found.append((value, record))
             _remember(found)
@@ -266,13 +313,24 @@ class _Guard:
             found = []
             for (validator, value, argument), record in zip(deferred, results, strict=True):
                 if record is None:
-                    problems.append(validator._not_found(value).problem(argument, value))
+                    path = self._path(argument, value, data)
+                    problems.append(validator._not_found(value).problem(path, value))
                 else:
                     found.append((value, record))
             _remember(found)
         if problems:
             out = self._reject(pool, self._ordered(problems), data)
         return self._apply(out, args, kwargs)
+
+    def _path(self, argument: str, value: Any, data: dict[str, Any]) -> str:
+        """Where a deferred value sits: a parameter, or a field of a model argument."""
+        if argument in self._order and argument in data:
+            return argument
+        for name, raw in data.items():
+            found = _find(raw, argument, value, 0)
+            if found is not None:
+                return f"{name}{found}"
+        return argument
 
     def _apply(
         self, out: dict[str, Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]

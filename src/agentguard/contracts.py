@@ -24,10 +24,17 @@ import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar, Union, overload
 
-from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
-from typing_extensions import ParamSpec
+from pydantic import (
+    ConfigDict,
+    PydanticSchemaGenerationError,
+    PydanticUserError,
+    TypeAdapter,
+    ValidationError,
+)
+from typing_extensions import ParamSpec, is_typeddict
 
-from . import bypass, telemetry
+from . import _config, bypass, telemetry
+from ._argcheck import caller_namespace, resolve_hints
 from ._events import record_event
 from ._redact import describe
 from .errors import ConfigurationError, ContractViolation
@@ -86,23 +93,27 @@ class _Contract:
         self._lock = threading.Lock()
         self._annotation: Any = _UNRESOLVED
         self._adapter: TypeAdapter[Any] | None = None
+        self._instance_of: type | None = None
         self.not_none = bool(not_none)
         self.expected = ""
         try:
-            self._compile()
+            self._compile(caller_namespace())
         except NameError:
             pass  # a forward reference defined later in the module: resolved at first call
 
-    def _compile(self) -> None:
-        target = inspect.unwrap(self.fn)
-        hints = typing.get_type_hints(target, include_extras=True)
+    def _compile(self, localns: dict[str, Any] | None = None) -> None:
+        hints = resolve_hints(self.fn, localns)
         annotation = hints.get("return", _NO_ANNOTATION)
         adapter: TypeAdapter[Any] | None = None
-        if annotation not in (_NO_ANNOTATION, Any, object) and annotation is not type(None):
-            try:
-                adapter = TypeAdapter(annotation, config=_ARBITRARY)
-            except PydanticUserError:  # models, dataclasses, TypedDicts carry their own config
-                adapter = TypeAdapter(annotation)
+        instance_of: type | None = None
+        if (
+            isinstance(annotation, type)
+            and annotation.__module__ != "builtins"
+            and not is_typeddict(annotation)
+        ):
+            instance_of = annotation  # a model or class: the instance itself is the contract
+        elif annotation not in (_NO_ANNOTATION, Any, object) and annotation is not type(None):
+            adapter = self._adapter_for(annotation)
         not_none = self.not_none_given
         if not_none is None:
             not_none = annotation is not type(None) and not _admits_none(annotation)
@@ -117,9 +128,25 @@ class _Contract:
             parts.append("with keys " + ", ".join(repr(k) for k in self.required_keys))
         with self._lock:
             self._adapter = adapter
+            self._instance_of = instance_of
             self.not_none = not_none
             self.expected = ", ".join(parts)
             self._annotation = annotation
+
+    def _adapter_for(self, annotation: Any) -> TypeAdapter[Any]:
+        try:
+            try:
+                return TypeAdapter(annotation, config=_ARBITRARY)
+            except PydanticUserError as exc:
+                if exc.code != "type-adapter-config-unused":
+                    raise
+                return TypeAdapter(annotation)  # models, dataclasses, TypedDicts: own config
+        except (PydanticUserError, PydanticSchemaGenerationError) as exc:
+            raise ConfigurationError(
+                f"@ag.contract on {self.name!r}: pydantic cannot check the return annotation "
+                f"{_type_text(annotation)} ({exc}). Fix: use a type pydantic can validate, or "
+                f"drop the annotation and rely on not_none / not_empty / required_keys."
+            ) from exc
 
     def check(self, result: Any) -> None:
         """Raise `ContractViolation` unless `result` honours the contract."""
@@ -131,15 +158,22 @@ class _Contract:
                     f"@ag.contract on {self.name!r}: its return annotation cannot be resolved "
                     f"({exc}). Fix: define or import the type at module level."
                 ) from exc
-        reason = self._violation(result)
-        if reason is not None:
-            self._violated(result, reason)
+        found = self._violation(result)
+        if found is not None:
+            self._violated(result, *found)
 
-    def _violation(self, result: Any) -> str | None:
+    def _violation(self, result: Any) -> tuple[str, str] | None:
+        """(check, reason) of the first failed check, or None."""
         if result is None:
             if self.not_none:
-                return "it returned None"
+                return "not_none", "it returned None"
             return None
+        instance_of = self._instance_of
+        if instance_of is not None and not isinstance(result, instance_of):
+            return "annotation", (
+                f"it returned a {type(result).__name__} where its annotation promises a "
+                f"{instance_of.__qualname__}"
+            )
         adapter = self._adapter
         if adapter is not None:
             try:
@@ -150,7 +184,7 @@ class _Contract:
                     for e in exc.errors(include_url=False)[:3]
                 )
                 more = f" (+{exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
-                return (
+                return "annotation", (
                     f"it returned a {type(result).__name__} that does not match the return "
                     f"annotation ({details}{more})"
                 )
@@ -159,21 +193,23 @@ class _Contract:
                 size = len(result)
             except TypeError:
                 kind = type(result).__name__
-                return f"not_empty is set but it returned a {kind}, which has no length"
+                return (
+                    "not_empty",
+                    f"not_empty is set but it returned a {kind}, which has no length",
+                )
             if size == 0 or (isinstance(result, str) and not result.strip()):
-                return f"it returned an empty {type(result).__name__}"
+                return "not_empty", f"it returned an empty {type(result).__name__}"
         if self.required_keys:
             if isinstance(result, Mapping):
                 missing = [k for k in self.required_keys if k not in result]
             else:
                 missing = [k for k in self.required_keys if not hasattr(result, k)]
             if missing:
-                return f"it returned a {type(result).__name__} without the key(s) " + ", ".join(
-                    repr(k) for k in missing
-                )
+                names = ", ".join(repr(k) for k in missing)
+                return "required_keys", f"it returned a {type(result).__name__} without {names}"
         return None
 
-    def _violated(self, result: Any, reason: str) -> None:
+    def _violated(self, result: Any, check: str, reason: str) -> None:
         entry = bypass.active_bypass(self.guard_id)
         if entry is not None:
             bypass.record_bypass_use(
@@ -183,12 +219,10 @@ class _Contract:
                 function=self.name,
             )
             return
-        record_event(
-            "contract",
-            outcome="violated",
-            guard_id=self.guard_id,
-            detail={"function": self.name, "reason": reason, "received": describe(result)},
-        )
+        detail = {"function": self.name, "check": check, "received": describe(result)}
+        if _config.get_config().record_values:
+            detail["reason"] = reason  # may name keys of the result
+        record_event("contract", outcome="violated", guard_id=self.guard_id, detail=detail)
         telemetry.counter(telemetry.METRIC.CONTRACT_VIOLATIONS).add(
             1, {telemetry.ATTR.FUNCTION: self.name}
         )

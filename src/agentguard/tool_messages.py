@@ -15,13 +15,13 @@ except ag.ToolArgumentError as err:                                # the model c
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter
 from typing_extensions import NotRequired, TypedDict
 
+from ._argcheck import caller_namespace, resolve_hints
 from .errors import ConfigurationError, CorrectionsExhausted, ToolArgumentError
 
 __all__ = ["tool_error_message", "tool_schema", "Style"]
@@ -98,7 +98,10 @@ def tool_schema(
     meta = getattr(fn, "__agentguard__", None)
     tool = name or (meta.get("name") if isinstance(meta, dict) else None) or fn.__name__
     target = inspect.unwrap(fn)
-    hints = typing.get_type_hints(target, include_extras=True)
+    try:
+        hints = resolve_hints(fn, None)
+    except NameError:
+        hints = resolve_hints(fn, caller_namespace())
     fields: dict[str, Any] = {}
     for param in inspect.signature(fn).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):

@@ -127,13 +127,18 @@ _NOUN = (
     r"details|info|information|reference|ref|user id|customer id|record|ticket|value)"
 )
 _WHO = r"(?:user|customer|client|caller|person|recipient|sender|buyer|account holder|guy|lady)"
+_TAIL = (
+    r"(?:(?:mentioned|referenced|discussed|described|specified|named|given|provided|stated|"
+    r"gave|sent|shared|quoted|listed)(?: \w+){0,4}|above|earlier|before|previously|"
+    r"(?:in|from) (?:the |this |our |that )?(?:conversation|chat|thread|context|prompt|"
+    r"messages?|email|ticket|history|call)(?: \w+){0,2}|from (?:before|earlier|above|last time)|"
+    r"(?:we|i|you|they|he|she) (?:discussed|mentioned|talked about|spoke about|saw|used)"
+    r"(?: \w+){0,3})"
+)
 _REFERENCES: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(
-            rf"(?:the |that |this |a |an )?(?:{_WHO}|account|order|ticket|person|one|record)"
-            r"(?: \w+){0,3} (?:mentioned|referenced|discussed|described|specified|named|"
-            r"given|provided|stated|from|in|above|earlier|before|previously|who|that|we|i|"
-            r"you|they)\b.*"
+            rf"(?:the |that |this |a |an )?(?:{_WHO}|{_NOUN}|one|record)(?: [\w']+){{0,4}} {_TAIL}"
         ),
         "is a description of the value, not the value itself",
     ),
@@ -201,8 +206,11 @@ def placeholder_reason(value: str, argument: str | None = None) -> str | None:
         return None
     if _TEMPLATE.fullmatch(stripped):
         return "is a template placeholder, not a value"
-    norm = _SPACES.sub(" ", stripped.casefold()).rstrip(".!")
-    if norm in _FILLERS or stripped in ("NA", "N/A", "Na/A"):
+    norm = _SPACES.sub(" ", stripped.casefold())
+    if norm in _FILLERS or stripped in ("NA", "N/A"):
+        return "is a placeholder, not a value"
+    norm = norm.rstrip(".!")
+    if norm in _FILLERS:
         return "is a placeholder, not a value"
     if argument is not None:
         name = argument.casefold().replace("_", " ").replace("-", " ")
