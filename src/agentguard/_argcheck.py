@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, PydanticSchemaGenerationError, TypeA
 from pydantic import ValidationError as _PydanticError
 from typing_extensions import NotRequired, TypedDict
 
-from . import bypass, telemetry
+from . import bypasses as bypass
+from . import telemetry
 from ._events import record_event
 from ._redact import describe
 from .errors import (

@@ -33,7 +33,8 @@ from pydantic import (
 )
 from typing_extensions import ParamSpec, is_typeddict
 
-from . import _config, bypass, telemetry
+from . import _config, telemetry
+from . import bypasses as bypass
 from ._argcheck import caller_namespace, resolve_hints
 from ._events import record_event
 from ._redact import describe
