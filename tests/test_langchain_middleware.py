@@ -559,3 +559,22 @@ def test_tool_node_with_the_middleware_wrappers_validates_in_a_hand_built_graph(
     assert bodies.calls == ["u-42"]
     assert pool.spent["tool_calls"] == 1  # middleware wrapper charged; the handler skipped
     assert pool.spent["llm_calls"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_fifty_parallel_calls_under_the_middleware_never_exceed_seven(run: str) -> None:
+    for _ in range(5):
+        bodies = BodyCounter()
+        model = ScriptedChatModel(messages=tool_call_script(50, per_message=50))
+        agent = agent_for(model, [make_tool(bodies)], exit_behavior="end")
+        with ag.BudgetPool(tool_calls=7) as pool:
+            if run == "sync":
+                out = agent.invoke(INPUT, config=CFG)
+            else:
+                out = asyncio.run(agent.ainvoke(INPUT, config=CFG))
+        assert len(bodies) == 7
+        assert pool.spent["tool_calls"] == 7
+        assert sum(r.amounts.get("tool_calls", 0) for r in pool.ledger) == 7
+        refused = [m for m in out["messages"] if isinstance(m, ToolMessage) and m.status == "error"]
+        assert len(refused) == 43

@@ -252,3 +252,23 @@ def test_error_tool_message_from_refusal_names_the_pool() -> None:
                 messages.extend(value.get("messages", []))
     refused = [m for m in messages if isinstance(m, ToolMessage) and m.status == "error"]
     assert len(refused) == 1 and "tiny" in str(refused[0].content)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_fifty_parallel_calls_in_one_message_never_exceed_seven(run: str) -> None:
+    """Stress: a wide parallel batch, repeated, against a small limit: exact every time."""
+    import asyncio
+
+    for _ in range(5):
+        bodies = BodyCounter()
+        model = ScriptedChatModel(messages=tool_call_script(50, per_message=50))
+        graph = react_graph(model, [make_tool(bodies)])
+        with ag.BudgetPool(tool_calls=7) as pool, pytest.raises(ag.BudgetExceeded):
+            if run == "sync":
+                graph.invoke(INPUT, config=cfg())
+            else:
+                asyncio.run(graph.ainvoke(INPUT, config=cfg()))
+        assert len(bodies) == 7
+        assert pool.spent["tool_calls"] == 7
+        assert sum(r.amounts.get("tool_calls", 0) for r in pool.ledger) == 7
