@@ -31,6 +31,7 @@ from .errors import (
     UnknownPrice,
 )
 from .tool_messages import tool_error_message, tool_schema
+from .instrument import instrument, instrumented, uninstrument
 from .usage import Price, Usage, genai_price, read_usage
 
 __version__ = "0.1.0"
@@ -56,6 +57,10 @@ __all__ = [
     "contract",
     "tool_error_message",
     "tool_schema",
+    # SDK instrumentation
+    "instrument",
+    "uninstrument",
+    "instrumented",
     # usage and price
     "Usage",
     "Price",

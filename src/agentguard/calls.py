@@ -396,7 +396,10 @@ def _plan(
             out = value
             break
     if out is None:
-        out = s.max_tokens or (rs.max_tokens if rs else None) or cfg.default_max_tokens
+        if s.max_tokens is not None:  # 0 is meaningful: an embeddings call has no output
+            out = s.max_tokens
+        else:
+            out = (rs.max_tokens if rs else None) or cfg.default_max_tokens
     inp = s.input_tokens or (rs.input_tokens if rs else None)
     if inp is None:
         inp = _estimate_text_tokens(args) + _estimate_text_tokens(dict(kwargs))
@@ -427,6 +430,12 @@ def _plan(
     return reserve, model, estimate
 
 
+_FIX_DECORATED = (
+    "Fix: return the provider's response, call ag.record_usage(...) in the body, or pass "
+    "usage=<extractor> to @ag.llm_call"
+)
+
+
 def _finish_llm(
     s: _LLMSettings,
     info: CallInfo,
@@ -434,10 +443,19 @@ def _finish_llm(
     reserve: dict[str, float],
     model: str | None,
     estimate: Usage,
+    *,
+    source: str | None = None,
+    fix: str = _FIX_DECORATED,
+    outcome: str = "ok",
 ) -> None:
+    """Settle one LLM call from its usage (or its estimate, flagged, when unreadable).
+
+    `source` describes where usage was looked for and `fix` how to make it readable (both
+    for the warning); the instrumented SDKs pass their own (a stream without a usage chunk).
+    """
     cfg = _config.get_config()
     usage = info.usage
-    if usage is None:
+    if usage is None and source is None:
         extractors = (s.usage, *cfg.usage_extractors) if s.usage else cfg.usage_extractors
         usage = read_usage(result, extractors)
     flags: list[str] = []
@@ -446,11 +464,11 @@ def _finish_llm(
         _warn_once(
             s.route,
             "usage",
-            f"agentguard: could not read token usage from the result of LLM call {s.name!r} "
-            f"(route {s.route!r}, a {type(result).__name__}); the reserved estimate "
+            f"agentguard: could not read token usage from "
+            f"{source or f'the result of LLM call {s.name!r}, a {type(result).__name__}'} "
+            f"(route {s.route!r}); the reserved estimate "
             f"({int(reserve['input_tokens'])} input + {int(reserve['output_tokens'])} output "
-            f"tokens) is charged instead of zero. Fix: return the provider's response, call "
-            f"ag.record_usage(...) in the body, or pass usage=<extractor> to @ag.llm_call",
+            f"tokens) is charged instead of zero. {fix}",
         )
         telemetry.counter(telemetry.METRIC.USAGE_UNKNOWN).add(1, {telemetry.ATTR.ROUTE: s.route})
         usage = estimate
@@ -473,8 +491,8 @@ def _finish_llm(
     info.flags = tuple(flags)
     detail = {"model": used_model} if used_model else None
     assert info.reservation is not None
-    info.reservation.settle(actual, outcome="ok", flags=info.flags, detail=detail)
-    info.outcome = "ok"
+    info.reservation.settle(actual, outcome=outcome, flags=info.flags, detail=detail)
+    info.outcome = outcome
 
 
 @overload
@@ -614,7 +632,7 @@ def _llm_span(s: _LLMSettings, pool: BudgetPool, model: str | None) -> Any:
     )
 
 
-def _llm_telemetry(info: CallInfo, span: Any) -> None:
+def _llm_telemetry(info: CallInfo, span: Any, operation: str = "chat") -> None:
     usage = info.usage
     if span is not None:
         if usage is not None:
@@ -631,7 +649,7 @@ def _llm_telemetry(info: CallInfo, span: Any) -> None:
         span.end()
     if usage is not None and "usage_unknown" not in info.flags and telemetry.metrics_enabled():
         hist = telemetry.histogram(telemetry.METRIC.TOKEN_USAGE, unit="{token}")
-        base = {telemetry.ATTR.GEN_AI_OPERATION_NAME: "chat", telemetry.ATTR.ROUTE: info.route}
+        base = {telemetry.ATTR.GEN_AI_OPERATION_NAME: operation, telemetry.ATTR.ROUTE: info.route}
         if info.model:
             base[telemetry.ATTR.GEN_AI_REQUEST_MODEL] = info.model
         hist.record(usage.input_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "input"})
