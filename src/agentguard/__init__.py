@@ -30,8 +30,8 @@ from .errors import (
     ToolArgumentError,
     UnknownPrice,
 )
-from .tool_messages import tool_error_message, tool_schema
 from .instrument import instrument, instrumented, uninstrument
+from .tool_messages import tool_error_message, tool_schema
 from .usage import Price, Usage, genai_price, read_usage
 
 __version__ = "0.1.0"
