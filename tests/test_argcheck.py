@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, TypeAdapter
 
 import agentguard as ag
-from agentguard import _config, budget, bypass, telemetry
+from agentguard import _config, budget, telemetry
 from agentguard import validators as v
 from agentguard._argcheck import compile_arguments
 
@@ -419,27 +419,15 @@ def test_a_pydantic_argument_model_is_validated_with_dotted_argument_names() -> 
 # -- bypass integration --------------------------------------------------------------------------
 
 
-def test_an_active_bypass_lets_the_argument_through_and_is_recorded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    used: list[tuple[str, str]] = []
-    entry = bypass.Bypass(
-        guard="args:escalate_to_human.email",
-        owner="ops",
-        reason="legacy addresses",
-        expires=datetime(2026, 2, 1, tzinfo=timezone.utc),
+def test_an_active_bypass_lets_the_argument_through_and_is_recorded() -> None:
+    ag.bypass(
+        "args:escalate_to_human.email",
+        owner="ops@example.com",
+        reason="legacy addresses until the CRM migration",
+        expires=_config.get_config().clock.now() + timedelta(days=10),
     )
-
-    def active(guard_id: str) -> bypass.Bypass | None:
-        return entry if guard_id == entry.guard else None
-
-    def record(e: bypass.Bypass, guard_id: str, would_have: str, **context: Any) -> None:
-        used.append((guard_id, would_have))
-
-    monkeypatch.setattr(bypass, "active_bypass", active)
-    monkeypatch.setattr(bypass, "record_bypass_use", record)
     BODY_RUNS.clear()
-    with ag.BudgetPool():
+    with ag.BudgetPool() as pool:
         lookup_order("x")
         assert escalate_to_human(**{**GOOD, "email": "legacy-address"}) == "escalated"
         with pytest.raises(ag.ToolArgumentError) as info:
@@ -447,9 +435,11 @@ def test_an_active_bypass_lets_the_argument_through_and_is_recorded(
     assert BODY_RUNS[0]["email"] == "legacy-address"  # passed raw
     assert BODY_RUNS[0]["amount"] == Decimal("125.50")  # the others still converted
     assert [p.argument for p in info.value.problems] == ["user_id"]
-    assert used[0][0] == "args:escalate_to_human.email"
-    assert used[0][1].startswith("would have rejected email=<str")
-    assert "legacy" not in used[0][1]
+    uses = [r for r in pool.ledger if r.kind == "bypass"]
+    assert uses and uses[0].detail is not None
+    assert uses[0].detail["guard_id"] == "args:escalate_to_human.email"
+    assert str(uses[0].detail["would_have"]).startswith("would have rejected email=<str")
+    assert "legacy" not in str(uses[0].detail["would_have"])
 
 
 # -- concurrency ---------------------------------------------------------------------------------

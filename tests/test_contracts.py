@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import timedelta
 from typing import Any, Optional
 
 import pytest
@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 import agentguard as ag
-from agentguard import bypass, telemetry
+from agentguard import telemetry
 
 from . import otel
 
@@ -231,27 +231,23 @@ def test_a_violation_leaves_a_ledger_row_and_a_metric_without_the_value() -> Non
     assert after - before == 1
 
 
-def test_an_active_bypass_lets_the_result_through_and_is_recorded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    entry = bypass.Bypass(
-        guard="contract:legacy",
-        owner="data-team",
-        reason="migration",
-        expires=datetime(2026, 2, 1, tzinfo=timezone.utc),
-    )
-    used: list[str] = []
-    monkeypatch.setattr(bypass, "active_bypass", lambda gid: entry if gid == entry.guard else None)
-    monkeypatch.setattr(
-        bypass, "record_bypass_use", lambda e, gid, would_have, **ctx: used.append(would_have)
+def test_an_active_bypass_lets_the_result_through_and_is_recorded() -> None:
+    ag.bypass(
+        "contract:legacy",
+        owner="data-team@example.com",
+        reason="the legacy feed returns None until the migration",
+        expires=ag.get_config().clock.now() + timedelta(days=10),
     )
 
     @ag.contract(name="legacy")
     def legacy() -> list[int]:
         return None  # type: ignore[return-value]
 
-    assert legacy() is None
-    assert used and used[0].startswith("would have rejected the result None")
+    with ag.BudgetPool() as pool:
+        assert legacy() is None
+    uses = [r for r in pool.ledger if r.kind == "bypass"]
+    assert uses and uses[0].detail is not None
+    assert str(uses[0].detail["would_have"]).startswith("would have rejected the result None")
 
 
 def test_required_keys_must_be_a_list_of_names() -> None:
