@@ -19,6 +19,8 @@ SECTIONS: list[tuple[str, str]] = [
     ("budget_leak.py", "3. Budget leaks through agent loops"),
     ("bad_arguments.py", "4. Tool arguments that are valid JSON and nonsense"),
     ("cascade.py", "6. The cascade: a swallowed error surfaces far away"),
+    ("raw_sdk.py", "Integration: every raw OpenAI / Anthropic SDK call charged (ag.instrument)"),
+    ("langgraph_agent.py", "Integrations: a LangChain / LangGraph agent, stopped and corrected"),
 ]
 
 

@@ -30,6 +30,7 @@ from .errors import (
     ToolArgumentError,
     UnknownPrice,
 )
+from .instrument import instrument, instrumented, uninstrument
 from .tool_messages import tool_error_message, tool_schema
 from .usage import Price, Usage, genai_price, read_usage
 
@@ -56,6 +57,10 @@ __all__ = [
     "contract",
     "tool_error_message",
     "tool_schema",
+    # SDK instrumentation
+    "instrument",
+    "uninstrument",
+    "instrumented",
     # usage and price
     "Usage",
     "Price",

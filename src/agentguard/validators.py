@@ -408,6 +408,10 @@ class Validator:
 
 _NO_RECORDS: dict[Any, Any] = {}
 _records: ContextVar[dict[Any, Any]] = ContextVar("agentguard_resolved", default=_NO_RECORDS)
+_reuse_records: ContextVar[bool] = ContextVar("agentguard_reuse_resolved", default=False)
+"""Set by an adapter around a tool call its argument guard already validated (the LangChain
+middleware): the framework's own pydantic pass over the same signature then reuses the
+records instead of running every lookup again (an async lookup could not run there at all)."""
 
 
 def _record_key(value: Any) -> Any:
@@ -508,6 +512,8 @@ class Resolves(Validator):
     def _check(self, value: Any, target: Any, argument: str | None, ctx: _Ctx | None) -> Any:
         if ctx is not None and ctx.defer:
             ctx.deferred.append((self, value, argument or "value"))
+            return value
+        if ctx is None and _reuse_records.get() and _record_key(value) in _records.get():
             return value
         record = self.call(value, argument or "value", ctx.tool if ctx is not None else None)
         if record is None:
