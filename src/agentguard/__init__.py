@@ -5,7 +5,7 @@ Every name a user needs is re-exported here; the logic lives in one module per c
 
 from __future__ import annotations
 
-from . import checks
+from . import checks, store
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "checks",
+    "store",
     # budget
     "BudgetPool",
     "Reservation",
