@@ -16,6 +16,7 @@ __all__ = [
     "INSTRUMENTATION_NAME",
     "SPAN_EXECUTE_TOOL",
     "SPAN_CHAT",
+    "SPAN_INFERENCE",
     "EVENT_BYPASS_USED",
     "EVENT_BYPASS_EXPIRED",
     "ATTR",
@@ -33,6 +34,8 @@ SPAN_EXECUTE_TOOL = "execute_tool {tool}"
 """GenAI semantic conventions: tool execution span (INTERNAL)."""
 SPAN_CHAT = "chat {model}"
 """GenAI semantic conventions: inference span `{gen_ai.operation.name} {gen_ai.request.model}`."""
+SPAN_INFERENCE = "{operation} {model}"
+"""The same, for any operation (`chat`, `embeddings`, `text_completion`): `ag.instrument()`."""
 EVENT_BYPASS_USED = "agentguard.bypass.used"
 """Span event on the current span each time a bypass lets a call through."""
 EVENT_BYPASS_EXPIRED = "agentguard.bypass.expired"
@@ -64,8 +67,10 @@ class ATTR:
     USAGE_UNKNOWN = "agentguard.usage.unknown"
     ATTEMPT = "agentguard.retry.attempt"
     RESEND_COUNT = "http.request.resend_count"
+    INSTRUMENTED = "agentguard.instrumented"  # true on a span ag.instrument() charged
     WAIT_SECONDS = "agentguard.retry.wait_seconds"
     OWNER = "agentguard.bypass.owner"
+    FUNCTION = "agentguard.function"  # the producer named by a contract
     BYPASS_ENTRY = "agentguard.bypass.entry"  # the entry's guard id or pattern
     BYPASS_REASON = "agentguard.bypass.reason"
     BYPASS_TICKET = "agentguard.bypass.ticket"
@@ -84,6 +89,7 @@ class METRIC:
     ALERTS = "agentguard.alerts"  # counter: alerts by kind
     ALERT_HOOK_FAILURES = "agentguard.alert_hook.failures"  # counter
     USAGE_UNKNOWN = "agentguard.usage.unknown"  # counter: LLM calls whose usage was unreadable
+    SDK_RETRIES = "agentguard.sdk.retries"  # counter: SDK-level retry attempts charged, by route
     TOKEN_USAGE = "gen_ai.client.token.usage"  # histogram {token}
     COST = "agentguard.cost"  # histogram, USD per call
     CORRECTIONS = "agentguard.tool.corrections"  # counter: rejected tool-argument rounds
