@@ -5,7 +5,7 @@ Every name a user needs is re-exported here; the logic lives in one module per c
 
 from __future__ import annotations
 
-from . import checks, validators
+from . import checks, store, validators
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
@@ -27,6 +27,7 @@ from .errors import (
     LoopDetected,
     NoActivePool,
     RetriesExhausted,
+    StoreError,
     ToolArgumentError,
     UnknownPrice,
 )
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "checks",
+    "store",
     # budget
     "BudgetPool",
     "Reservation",
@@ -95,4 +97,9 @@ __all__ = [
     "ContentAnomaly",
     "RetriesExhausted",
     "BypassError",
+    "StoreError",
 ]
+
+from .store import _configure_from_env
+
+_configure_from_env()

@@ -77,6 +77,8 @@ _ids = itertools.count(1)
 # Listeners (the store, dead letters): called outside the lock, never inside the hot path.
 _stop_listeners: list[Callable[[BudgetPool, BudgetExceeded, BudgetPool], None]] = []
 _close_listeners: list[Callable[[BudgetPool, BaseException | None], None]] = []
+_created_listeners: list[Callable[[BudgetPool], None]] = []
+"""Called at the end of `BudgetPool.__init__` (the store tracks pools whose rows to flush)."""
 
 _TOOL_CHARGE: Mapping[str, float] = {"tool_calls": 1}
 _EPOCH_OFFSET = time.time() - time.perf_counter()
@@ -299,6 +301,9 @@ class BudgetPool:
         self._tool_limit: float | None = limits.get("tool_calls")
         self._tool_warn: float | None = self._warn_marks.get("tool_calls")
         self._update_gate()
+        if _created_listeners:
+            for listener in list(_created_listeners):
+                listener(self)
 
     def _update_gate(self) -> None:
         """Recompute the fast-path gate: the tool-call count below which nothing can happen

@@ -41,7 +41,10 @@ _UNSET: Any = object()
 
 _get_pool = _current.get
 _call_listeners: list[Callable[[CallInfo], None]] = []
-"""Called after each guarded call finishes (the store's history and outlier alerts)."""
+"""Called after each guarded call finishes (instrumentation; costs every tool call)."""
+_llm_listeners: list[Callable[[CallInfo], None]] = []
+"""Called after each LLM call's usage is settled (`_finish_llm`: the decorator, `ag.instrument`
+and the LangChain adapter): the store's cost-outlier watch. Tool calls pay nothing for it."""
 
 _tool_names: set[str] = set()
 """Names of every `@tool_call` function (its tool name and its `__name__`): adapters that
@@ -339,6 +342,11 @@ def _notify(info: CallInfo) -> None:
         listener(info)
 
 
+def _notify_llm(info: CallInfo) -> None:
+    for listener in list(_llm_listeners):
+        listener(info)
+
+
 def _tool_span(tool: str, route: str, pool: BudgetPool, start_time: int | None = None) -> Any:
     tracer = telemetry.get_tracer()
     span = tracer.start_span(
@@ -493,6 +501,8 @@ def _finish_llm(
     assert info.reservation is not None
     info.reservation.settle(actual, outcome=outcome, flags=info.flags, detail=detail)
     info.outcome = outcome
+    if _llm_listeners:  # every settled LLM call: the decorator, ag.instrument, LangChain
+        _notify_llm(info)
 
 
 @overload

@@ -50,6 +50,7 @@ __all__ = [
     "ExpectedPattern",
     "DurationVsMedian",
     "run_checks",
+    "report_anomalies",
     "measure_length",
     "default_history",
 ]
@@ -208,6 +209,8 @@ class Check:
     """Base class: one method, `evaluate(output, ctx)`; compose with `&`."""
 
     name: str = "Check"
+    uses_history: bool = False
+    """True for checks that compare with history (they need a store to work across runs)."""
 
     def evaluate(self, output: Any, ctx: CheckContext) -> CheckResult:
         raise NotImplementedError
@@ -248,6 +251,7 @@ class AllOf(Check):
                     f"checks compose with &: expected agentguard.checks.Check instances, got "
                     f"{c!r}."
                 )
+        self.uses_history = any(c.uses_history for c in self.checks)
 
     def evaluate(self, output: Any, ctx: CheckContext) -> CheckResult:
         result = CheckResult()
@@ -302,6 +306,8 @@ class NotEmpty(Check):
     """The output has content: not None, blank, an empty container or a placeholder string."""
 
     name = "NotEmpty"
+    JSON_LIMIT = 4096
+    """Text outputs up to this size that look like JSON are parsed and checked as JSON."""
 
     def __init__(self, placeholders: Iterable[str] = DEFAULT_PLACEHOLDERS) -> None:
         self.placeholders = frozenset(p.strip().lower() for p in placeholders)
@@ -315,12 +321,23 @@ class NotEmpty(Check):
                 return "the output is empty or whitespace" if output else "the output is ''"
             if text.lower() in self.placeholders:
                 return f"the output is the placeholder {text[:40]!r}"
+            if depth == 0 and text[0] in "[{" and len(text) <= self.JSON_LIMIT:
+                # a job or an HTTP body that prints JSON: `{"results": []}` is empty too
+                try:
+                    parsed = json.loads(text)
+                except ValueError:
+                    return None
+                why = self._why_empty(parsed, depth + 1)
+                return f"{why} (the output is JSON)" if why else None
             return None
         if isinstance(output, (bytes, bytearray, memoryview)):
             data = bytes(output)
             if not data.strip():
-                return f"the output is {len(data)} bytes of nothing"
-            return self._why_empty(data[:256].decode("utf-8", "replace"), depth)
+                unit = "byte" if len(data) == 1 else "bytes"
+                return f"the output is {len(data)} {unit} of nothing"
+            if len(data) > self.JSON_LIMIT:
+                return None
+            return self._why_empty(data.decode("utf-8", "replace"), depth)
         if isinstance(output, Path):
             if not output.exists():
                 return f"the file {str(output)!r} was never written"
@@ -359,7 +376,7 @@ class NotEmpty(Check):
 
 
 class _NotEmptyScanner(Scanner):
-    HEAD = 256
+    HEAD = NotEmpty.JSON_LIMIT
 
     def __init__(self, check: NotEmpty) -> None:
         self.check = check
@@ -376,7 +393,8 @@ class _NotEmptyScanner(Scanner):
 
     def result(self, ctx: CheckContext) -> CheckResult:
         if self.nonblank == 0:
-            why = f"the output is {self.total} bytes of nothing"
+            unit = "byte" if self.total == 1 else "bytes"
+            why = f"the output is {self.total} {unit} of nothing"
             return CheckResult(anomalies=(Anomaly(self.check.name, why),))
         if self.total <= self.HEAD:
             return self.check.evaluate(bytes(self.head), ctx)
@@ -394,6 +412,7 @@ class LengthVsMedian(Check):
     """
 
     name = "LengthVsMedian"
+    uses_history = True
 
     def __init__(
         self, min_ratio: float = 0.3, *, max_ratio: float | None = None, min_history: int = 5
@@ -528,7 +547,8 @@ class NoErrorKeywords(Check):
         return self._result(self._hits(_as_text(output)))
 
     def scanner(self) -> Scanner:
-        return _LineScanner(lambda line: self._hits(line), self._result)
+        total = len(self._regexes)
+        return _LineScanner(self._hits, self._result, lambda hits: len(hits) >= total)
 
 
 # -- ExpectedPattern ---------------------------------------------------------------------------
@@ -559,40 +579,52 @@ class ExpectedPattern(Check):
     def scanner(self) -> Scanner:
         rx = self.regex
         return _LineScanner(
-            lambda line: ["hit"] if rx.search(line) else [],
-            lambda hits: self._result(bool(list(hits))),
+            lambda text: ["hit"] if rx.search(text) else [],
+            lambda hits: self._result(bool(hits)),
+            bool,
         )
 
 
 class _LineScanner(Scanner):
-    """Feeds complete lines (bounded at 1 MiB each) to a line function; collects its hits."""
+    """Feeds blocks of complete lines to a text function and collects its hits.
+
+    Memory is bounded: at most one chunk plus one partial line (cut at 1 MiB) is held. Stops
+    looking once `done(hits)` says every answer is known (e.g. the pattern was found).
+    """
 
     MAX_LINE = 1 << 20
 
-    def __init__(self, on_line: Any, finish: Any) -> None:
-        self.on_line = on_line
+    def __init__(self, on_text: Any, finish: Any, done: Any = None) -> None:
+        self.on_text = on_text
         self.finish = finish
+        self.done = done
         self.partial = bytearray()
         self.hits: set[str] = set()
+        self.finished = False
 
-    def _line(self, raw: bytes) -> None:
-        self.hits.update(self.on_line(raw.decode("utf-8", "replace")))
+    def _text(self, raw: bytes) -> None:
+        self.hits.update(self.on_text(raw.decode("utf-8", "replace")))
+        if self.done is not None and self.done(self.hits):
+            self.finished = True
+            self.partial = bytearray()
 
     def feed(self, chunk: bytes) -> None:
-        self.partial += chunk
-        while True:
-            nl = self.partial.find(b"\n")
-            if nl < 0:
-                break
-            self._line(bytes(self.partial[:nl]))
-            del self.partial[: nl + 1]
-        if len(self.partial) > self.MAX_LINE:
-            self._line(bytes(self.partial))
-            self.partial.clear()
+        if self.finished or not chunk:
+            return
+        nl = chunk.rfind(b"\n")
+        if nl < 0:
+            self.partial += chunk
+            if len(self.partial) > self.MAX_LINE:
+                self._text(bytes(self.partial))
+                self.partial.clear()
+            return
+        block = bytes(self.partial) + chunk[:nl] if self.partial else chunk[:nl]
+        self.partial = bytearray(chunk[nl + 1 :])
+        self._text(block)
 
     def result(self, ctx: CheckContext) -> CheckResult:
-        if self.partial:
-            self._line(bytes(self.partial))
+        if self.partial and not self.finished:
+            self._text(bytes(self.partial))
             self.partial.clear()
         result: CheckResult = self.finish(self.hits)
         return result
@@ -605,6 +637,7 @@ class DurationVsMedian(Check):
     """Flags a duration above `max_ratio` (or below `min_ratio`) times the usual median."""
 
     name = "DurationVsMedian"
+    uses_history = True
 
     def __init__(
         self, max_ratio: float = 5.0, *, min_ratio: float | None = None, min_history: int = 5
@@ -690,6 +723,13 @@ def _as_text(output: Any) -> str:
     return str(output)
 
 
+MEMORY_HISTORY_NOTE = (
+    "history is kept in this process only (no store configured): it starts empty in every "
+    "new process, so a cron job never builds one. Fix: ag.configure(store=True) or set "
+    "AGENTGUARD_STORE=/path/to/agentguard.db"
+)
+
+
 def run_checks(
     check: Check,
     output: Any,
@@ -698,14 +738,83 @@ def run_checks(
     duration: float | None = None,
     history: History | None = None,
     record: bool = True,
+    report: bool = True,
 ) -> CheckResult:
     """Evaluate `check` on `output`; when it passes and `record`, add it to the history.
 
-    Raises only for a broken check (its own exception, not an anomaly of the output).
+    With `report` (the default) every anomaly is made visible at once: a ledger row of kind
+    `anomaly`, the `agentguard.content.anomalies` metric and one `content.anomaly` alert
+    (see `report_anomalies`). When a history-based check runs on the in-process default
+    history, the result says so in its notes. Raises only for a broken check (its own
+    exception, not an anomaly of the output); call `result.raise_for_anomaly(route)` to turn
+    anomalies into `ContentAnomaly`.
     """
-    ctx = CheckContext(route=route, duration=duration, history=history or default_history())
+    hist = history if history is not None else default_history()
+    ctx = CheckContext(route=route, duration=duration, history=hist)
     result = check.evaluate(output, ctx)
+    if history is None and hist is _memory_history and check.uses_history:
+        result = result + CheckResult(notes=(MEMORY_HISTORY_NOTE,))
     if record and result.ok:
         check.observe(output, ctx, result.measured)
+    if report and not result.ok:
+        report_anomalies(result, route)
     return result
 
+
+def report_anomalies(
+    result: CheckResult,
+    route: str | None,
+    *,
+    run_id: str | None = None,
+    subject: str = "an output",
+) -> None:
+    """Make a failed result visible: one ledger row per anomaly, a metric, one alert.
+
+    The rows go to the active pool's ledger (or the process's orphan rows, written by the
+    store); `run_id` names the run when there is no pool (the job runner). Never raises
+    because of an alert hook.
+    """
+    if result.ok:
+        return
+    from . import telemetry
+    from ._events import record_event
+    from .alerts import Alert, emit_alert
+    from .budget import _current
+
+    pool = _current.get()
+    rid = run_id or (pool.run_id if pool is not None else None)
+    anomalies_counter = telemetry.counter(telemetry.METRIC.ANOMALIES)
+    for anomaly in result.anomalies:
+        detail: dict[str, Any] = {"check": anomaly.check, "reason": anomaly.reason}
+        if anomaly.details:
+            detail["figures"] = dict(anomaly.details)
+        if rid is not None:
+            detail["run_id"] = rid
+        record_event(
+            "anomaly",
+            outcome="anomaly",
+            route=route,
+            guard_id=f"checks:{route or '*'}.{anomaly.check}",
+            detail=detail,
+        )
+        anomalies_counter.add(
+            1, {telemetry.ATTR.ROUTE: route or "*", telemetry.ATTR.CHECK: anomaly.check}
+        )
+    where = f"route {route!r}" if route else "an unnamed route"
+    emit_alert(
+        Alert(
+            kind="content.anomaly",
+            message=f"content check failed for {subject} of {where}: "
+            + "; ".join(result.reasons),
+            guard_id=f"checks:{route or '*'}.{result.anomalies[0].check}",
+            pool=pool.name if pool is not None else None,
+            route=route,
+            run_id=rid,
+            severity="error",
+            data={
+                "checks": [a.check for a in result.anomalies],
+                "reasons": list(result.reasons),
+                "measured": dict(result.measured),
+            },
+        )
+    )

@@ -11,11 +11,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _cli_bypasses
+from . import _cli_bypasses, _cli_reports, _cli_run
 
 __all__ = ["main"]
 
 REGISTRATIONS: list[Callable[[Any], None]] = [
+    _cli_run.register,
+    _cli_reports.register,
     _cli_bypasses.register,
 ]
 

@@ -49,6 +49,7 @@ __all__ = [
     "ContentAnomaly",
     "RetriesExhausted",
     "BypassError",
+    "StoreError",
     "TERMINAL_ERRORS",
 ]
 
@@ -392,6 +393,10 @@ class RetriesExhausted(AgentGuardError):
 
 class BypassError(ConfigurationError):
     """A bypass entry is missing its owner, reason or expiry, or is malformed."""
+
+
+class StoreError(AgentGuardError):
+    """The run store cannot be opened, read or written (path, permissions, schema, disk)."""
 
 
 TERMINAL_ERRORS: tuple[type[BaseException], ...] = (

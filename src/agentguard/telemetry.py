@@ -76,6 +76,9 @@ class ATTR:
     BYPASS_TICKET = "agentguard.bypass.ticket"
     BYPASS_EXPIRES = "agentguard.bypass.expires"  # ISO 8601, UTC
     BYPASS_WOULD_HAVE = "agentguard.bypass.would_have"  # what the guard would have done
+    CHECK = "agentguard.check"
+    JOB = "agentguard.job"
+    STATUS = "agentguard.status"
 
 
 class METRIC:
@@ -96,6 +99,8 @@ class METRIC:
     RETRY_CALLS_RETRIED = "agentguard.retry.calls_retried"  # counter by route
     RETRY_DURATION = "agentguard.retry.duration"  # histogram, s, after retries and backoff
     BYPASS_USED = "agentguard.bypass.used"  # counter by guard id, owner
+    STORE_ERRORS = "agentguard.store.errors"  # counter: store writes/reads that failed
+    JOB_RUNS = "agentguard.job.runs"  # counter: `agentguard run` verdicts by job, status
 
 
 _SLOW: Any = object()
