@@ -287,14 +287,11 @@ def test_200_mb_output_streams_through_in_bounded_memory(store_path: Path) -> No
         "import resource, sys\n"
         "from agentguard.cli import main\n"
         "code = main(sys.argv[1:])\n"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        # Linux keeps the parent's high-water mark in ru_maxrss across fork+exec (a pytest
-        # process that once used 150 MB makes the child report 150 MB): read VmHWM instead
-        "try:\n"
-        "    status = open('/proc/self/status').read()\n"
-        "    peak = int(status.split('VmHWM:')[1].split()[0])\n"
-        "except (OSError, IndexError):\n"
-        "    pass\n"
+        "try:\n"  # VmHWM: this process's own peak; ru_maxrss also counts the pre-exec image
+        "    status = open('/proc/self/status').read().split('\\n')\n"
+        "    peak = int([ln for ln in status if ln.startswith('VmHWM')][0].split()[1])\n"
+        "except OSError:\n"
+        "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print('PEAK_KB', peak, 'EXIT', code, file=sys.stderr)\n"
     )
     done = subprocess.run(

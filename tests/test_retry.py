@@ -206,7 +206,7 @@ GOOD = "The quarter closed with revenue up 12% on the year. " * 8  # ~420 charac
     "garbage", ["", {"results": []}, "Summary: ok."], ids=["empty", "no-results", "12-chars"]
 )
 def test_garbage_first_response_is_retried_and_the_good_second_answer_returned(
-    route: str, garbage: Any
+    route: str, garbage: Any, captured_alerts: list[ag.Alert]
 ) -> None:
     exporter, _ = otel.install()
     answers = iter([garbage, GOOD])
@@ -238,9 +238,13 @@ def test_garbage_first_response_is_retried_and_the_good_second_answer_returned(
     assert tries[0].attributes["error.type"] == "ContentAnomaly"
     stats = ag.retry_stats(route)
     assert (stats.calls, stats.retried, stats.failed) == (7, 1, 0)
+    # a recovered anomaly is a retry (spans, metrics, the retry row), not a content alert
+    assert [a for a in captured_alerts if a.kind == "content.anomaly"] == []
 
 
-def test_all_garbage_ends_in_content_anomaly_never_the_value(route: str) -> None:
+def test_all_garbage_ends_in_content_anomaly_never_the_value(
+    route: str, captured_alerts: list[ag.Alert]
+) -> None:
     upstream_calls = 0
 
     @ag.retry(route=route, attempts=3, checks=ag.checks.NotEmpty())
@@ -258,6 +262,11 @@ def test_all_garbage_ends_in_content_anomaly_never_the_value(route: str) -> None
     assert [a.number for a in err.attempts] == [1, 2, 3]
     assert err.attempts[0].wait_before == 0 and err.attempts[1].wait_before > 0
     assert "3 allowed attempts" in str(err) and "not passed on" in str(err)
+    # the anomaly that reached the caller is reported once: a ledger row and an alert
+    (alert,) = [a for a in captured_alerts if a.kind == "content.anomaly"]
+    assert alert.route == route and alert.guard_id == f"checks:{route}.NotEmpty"
+    rows = [r for r in drain_orphan_events() if r[3] == "anomaly"]
+    assert len(rows) == 1 and rows[0][8]["check"] == "NotEmpty"
 
 
 def test_the_last_failure_decides_between_content_anomaly_and_retries_exhausted(

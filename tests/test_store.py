@@ -485,3 +485,26 @@ def test_writer_thread_stops_when_the_store_is_replaced(tmp_path: Path) -> None:
     _config.configure(store=None)
     writer.join(timeout=10)
     assert not writer.is_alive()
+
+
+def test_raw_sdk_calls_under_instrument_reach_the_cost_outlier_watch(
+    tmp_path: Path, captured_alerts: list[ag.Alert]
+) -> None:
+    from tests.sdk_mock import USAGE_IN, USAGE_OUT, Provider
+
+    store = SQLiteStore(tmp_path / "s.db")
+    for _ in range(5):
+        store.history.add("openai.chat.completions", "call_tokens", 1.0)
+    ag.configure(store=store)
+    ag.instrument(openai=True)
+    try:
+        client = Provider().openai()
+        with ag.BudgetPool(name="sdk-run"):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+    finally:
+        ag.uninstrument()
+    [alert] = [a for a in captured_alerts if a.kind == "cost.outlier"]
+    assert alert.route == "openai.chat.completions"
+    assert alert.data["value"] == USAGE_IN + USAGE_OUT and alert.data["median"] == 1.0

@@ -5,12 +5,13 @@ Every name a user needs is re-exported here; the logic lives in one module per c
 
 from __future__ import annotations
 
-from . import checks, wait
+from . import checks, store, validators, wait
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
 from .bypasses import Bypass, bypass, load_bypasses
 from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
+from .contracts import contract
 from .errors import (
     AgentGuardError,
     ArgumentProblem,
@@ -23,6 +24,7 @@ from .errors import (
     ContentAnomaly,
     ContractViolation,
     CorrectionsExhausted,
+    LookupFailed,
     LoopDetected,
     NoActivePool,
     RetriesExhausted,
@@ -43,6 +45,7 @@ from .retry import (
     retrying,
     set_testing,
 )
+from .tool_messages import tool_error_message, tool_schema
 from .usage import Price, Usage, genai_price, read_usage
 
 __version__ = "0.1.0"
@@ -50,6 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "checks",
+    "store",
     "wait",
     # budget
     "BudgetPool",
@@ -64,6 +68,11 @@ __all__ = [
     "record_usage",
     "current_call",
     "CallInfo",
+    # validation and contracts
+    "validators",
+    "contract",
+    "tool_error_message",
+    "tool_schema",
     # SDK instrumentation
     "instrument",
     "uninstrument",
@@ -108,6 +117,7 @@ __all__ = [
     "ArgumentProblem",
     "ToolArgumentError",
     "CorrectionsExhausted",
+    "LookupFailed",
     "ContractViolation",
     "ContentAnomaly",
     "RetriesExhausted",

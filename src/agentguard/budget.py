@@ -290,6 +290,7 @@ class BudgetPool:
         self._ledger: list[tuple[Any, ...]] = []
         self._loop = _LoopWindow(loop_window)
         self.provenance: dict[str, deque[Any]] = {}
+        self._corrections: dict[str, int] = {}  # per tool, on the root (argument guard)
         self._started = _config.get_config().clock.monotonic()
         self._deadline: float | None = (
             self._started + self._wall_limit if self._wall_limit is not None else None
@@ -975,6 +976,59 @@ class BudgetPool:
         )
         for listener in list(_stop_listeners):
             listener(stopped, err, self)
+
+    def _stop_for(
+        self,
+        cause: BaseException,
+        guard_id: str,
+        *,
+        dimension: str,
+        limit: float | None,
+        spent: float,
+        route: str | None,
+        function: str | None,
+        alert_kind: str,
+    ) -> BudgetExceeded:
+        """Stop this pool because a non-budget guard gave up (e.g. `CorrectionsExhausted`).
+
+        Recorded like a budget refusal: the pool is stopped (every later charge on it or a
+        descendant is refused), a `refused` ledger row is written, `alert_kind` fires, the
+        refusal metric and the stop listeners run. Returns the `BudgetExceeded` recorded as
+        the stop (its `__cause__` is `cause`); the caller raises `cause` itself.
+        """
+        err = BudgetExceeded(
+            f"budget pool {self.name!r} was stopped by guard {guard_id!r}: {cause}",
+            pool=self.name,
+            dimension=dimension,
+            limit=limit,
+            spent=spent,
+            requested=1.0,
+            route=route,
+            function=function,
+        )
+        err.__cause__ = cause
+        with self._lock:
+            first = self._stopped is None
+            if first:
+                self._stopped = err
+            self._ledger.append(
+                (_now(), self, route, "tool", {}, "refused", None, (dimension,), None)
+            )
+        if first:
+            emit_alert(
+                Alert(
+                    kind=alert_kind,
+                    message=str(cause),
+                    guard_id=guard_id,
+                    pool=self.name,
+                    route=route,
+                    run_id=self.run_id,
+                    severity="error",
+                    data={"dimension": dimension, "limit": limit, "spent": spent},
+                )
+            )
+            self._after_stop(self, err, alert=False)
+        return err
 
     def reserve(
         self, *, route: str | None = None, function: str | None = None, **amounts: float

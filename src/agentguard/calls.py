@@ -43,8 +43,27 @@ _get_pool = _current.get
 _call_listeners: list[Callable[[CallInfo], None]] = []
 """Called after each guarded call finishes (instrumentation; costs every tool call)."""
 _llm_listeners: list[Callable[[CallInfo], None]] = []
-"""Called after each guarded LLM call only (the store's cost-outlier watch): tool calls pay
-nothing for it."""
+"""Called after each LLM call's usage is settled (`_finish_llm`: the decorator, `ag.instrument`
+and the LangChain adapter): the store's cost-outlier watch. Tool calls pay nothing for it."""
+
+_tool_names: set[str] = set()
+"""Names of every `@tool_call` function (its tool name and its `__name__`): adapters that
+only see a tool's name (LangChain callbacks) leave these to the decorator, which charges them."""
+
+class ToolClaim:
+    """An adapter charged one call of `tool` before its body (the LangChain callback handler):
+    the first `@tool_call` wrapper of that name inside the body takes the claim and skips its
+    own charge, so the call is charged once. Everything else (validation, row, span) stays."""
+
+    __slots__ = ("taken", "tool")
+
+    def __init__(self, tool: str) -> None:
+        self.tool = tool
+        self.taken = False
+
+
+_tool_claim: ContextVar[ToolClaim | None] = ContextVar("agentguard_tool_claim", default=None)
+_get_claim = _tool_claim.get
 
 _provenance_sources: set[str] = set()
 """Tool names whose outputs some `Verbatim` validator may need; only these are recorded."""
@@ -207,7 +226,16 @@ def tool_call(
         rte = route or tool
         fixed_loop = loop_limit is not _UNSET
         guard = compile_arguments(func, tool=tool, route=rte, max_corrections=max_corrections)
-        meta = {"kind": "tool", "name": tool, "route": rte}
+        meta = {"kind": "tool", "name": tool, "route": rte, "max_corrections": max_corrections}
+        names = frozenset((tool, func.__name__))
+
+        def precharged() -> bool:
+            claim = _get_claim()
+            if claim is None or claim.taken or claim.tool not in names:
+                return False
+            claim.taken = True
+            return True
+        _tool_names.update((tool, func.__name__))
 
         def after(pool: BudgetPool, result: Any) -> None:
             if tool in _provenance_sources:
@@ -241,9 +269,10 @@ def tool_call(
                 pool = _get_pool() or _resolve("tool", rte, tool)
                 if guard is not None:
                     args, kwargs = await guard.acheck(pool, args, kwargs)
-                pool._charge_tool(
-                    tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
-                )
+                if _get_claim() is None or not precharged():
+                    pool._charge_tool(
+                        tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
+                    )
                 span = _tool_span(tool, rte, pool) if _tracing() else None
                 t0 = perf_counter()
                 try:
@@ -269,9 +298,10 @@ def tool_call(
             pool = _get_pool() or _resolve("tool", rte, tool)
             if guard is not None:
                 args, kwargs = guard.check(pool, args, kwargs)
-            pool._charge_tool(
-                tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
-            )
+            if _get_claim() is None or not precharged():
+                pool._charge_tool(
+                    tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
+                )
             span = _tool_span(tool, rte, pool) if _tracing() else None
             t0 = perf_counter()
             try:
@@ -317,7 +347,7 @@ def _notify_llm(info: CallInfo) -> None:
         listener(info)
 
 
-def _tool_span(tool: str, route: str, pool: BudgetPool) -> Any:
+def _tool_span(tool: str, route: str, pool: BudgetPool, start_time: int | None = None) -> Any:
     tracer = telemetry.get_tracer()
     span = tracer.start_span(
         telemetry.SPAN_EXECUTE_TOOL.format(tool=tool),
@@ -328,6 +358,7 @@ def _tool_span(tool: str, route: str, pool: BudgetPool) -> Any:
             telemetry.ATTR.POOL: pool.name,
             telemetry.ATTR.RUN_ID: pool.run_id,
         },
+        start_time=start_time,
     )
     return span
 
@@ -470,6 +501,8 @@ def _finish_llm(
     assert info.reservation is not None
     info.reservation.settle(actual, outcome=outcome, flags=info.flags, detail=detail)
     info.outcome = outcome
+    if _llm_listeners:  # every settled LLM call: the decorator, ag.instrument, LangChain
+        _notify_llm(info)
 
 
 @overload
@@ -538,8 +571,6 @@ def llm_call(
             _llm_telemetry(info, span)
             if _call_listeners:
                 _notify(info)
-            if _llm_listeners:
-                _notify_llm(info)
 
         def fail(info: CallInfo, exc: BaseException, t0: float, span: Any) -> None:
             info.duration = perf_counter() - t0
@@ -549,8 +580,6 @@ def llm_call(
             _end_span(span, exc)
             if _call_listeners:
                 _notify(info)
-            if _llm_listeners:
-                _notify_llm(info)
 
         if _is_async(func):
             afunc: Callable[..., Awaitable[Any]] = func  # type: ignore[assignment]

@@ -15,6 +15,7 @@ AgentGuardError
 │   └── NoActivePool            a guarded call with no pool to charge
 ├── ToolArgumentError           the model sent arguments that are valid JSON and nonsense
 ├── CorrectionsExhausted        the model did not fix its arguments within the allowed rounds
+├── LookupFailed                a `Resolves` lookup raised: infrastructure, not the model's fault
 ├── ContractViolation           a function returned None / the wrong shape / an empty result
 ├── ContentAnomaly              an output looks wrong (empty, too short, error text, ...)
 ├── RetriesExhausted            every attempt failed; carries each attempt's outcome
@@ -44,6 +45,7 @@ __all__ = [
     "ArgumentProblem",
     "ToolArgumentError",
     "CorrectionsExhausted",
+    "LookupFailed",
     "ContractViolation",
     "ContentAnomaly",
     "RetriesExhausted",
@@ -325,6 +327,23 @@ class CorrectionsExhausted(AgentGuardError):
             f"Fix: improve the prompt or the tool's description so the model can find the "
             f"values, or raise max_corrections on @ag.tool_call({tool!r})."
         )
+
+
+class LookupFailed(AgentGuardError):
+    """A `Resolves` lookup raised (or could not run): an infrastructure error, not a model error.
+
+    The model is not asked to correct anything: its argument may be fine, the lookup is not.
+    The lookup's own exception is attached as `__cause__`. Not counted as a correction round.
+    """
+
+    def __init__(
+        self, message: str, *, tool: str | None, argument: str, what: str, lookup: str
+    ) -> None:
+        super().__init__(message)
+        self.tool = tool
+        self.argument = argument
+        self.what = what
+        self.lookup = lookup
 
 
 class ContractViolation(AgentGuardError):

@@ -58,7 +58,7 @@ from ._events import record_event
 from ._guards import declare_guard
 from .alerts import Alert, emit_alert
 from .bypasses import active_bypass, record_bypass_use
-from .checks import AllOf, Check, CheckResult, run_checks
+from .checks import AllOf, Check, CheckResult, report_anomalies, run_checks
 from .errors import (
     TERMINAL_ERRORS,
     AgentGuardError,
@@ -652,7 +652,9 @@ class _Policy:
         `CheckError`, never an anomaly of the output."""
         assert self.check is not None
         try:
-            return run_checks(self.check, value, route=self.route, duration=duration)
+            return run_checks(
+                self.check, value, route=self.route, duration=duration, report=False
+            )
         except Exception as err:
             name = _culprit(self.check, err)
             raise CheckError(
@@ -844,13 +846,6 @@ class _Call:
             telemetry.counter(telemetry.METRIC.RETRY_ATTEMPTS).add(
                 1, policy.attempt_attrs[outcome]
             )
-            if outcome == ANOMALY and self.last_verdict is not None:
-                anomalies = telemetry.counter(telemetry.METRIC.ANOMALIES)
-                for a in self.last_verdict.anomalies:
-                    anomalies.add(
-                        1,
-                        {telemetry.ATTR.ROUTE: policy.route, telemetry.ATTR.GUARD_ID: a.check},
-                    )
 
     def elapsed(self) -> float:
         return self.clock.monotonic() - self.attempt_t0
@@ -888,7 +883,13 @@ class _Call:
         self.last_verdict = verdict
         self.last_exc = None
         self._end_attempt(ANOMALY, "; ".join(verdict.reasons), "ContentAnomaly", duration)
-        return self._next_wait(value, None)
+        wait = self._next_wait(value, None)  # the last anomaly is reported by _stop
+        if telemetry.metrics_enabled():  # a retried anomaly: the metric, no alert
+            anomalies = telemetry.counter(telemetry.METRIC.ANOMALIES)
+            for a in verdict.anomalies:
+                anomalies.add(1, {telemetry.ATTR.ROUTE: self.policy.route,
+                                  telemetry.ATTR.CHECK: a.check})
+        return wait
 
     def exception(self, exc: BaseException) -> float | None:
         """The attempt raised `exc`: None to re-raise it unchanged, or the wait before a retry.
@@ -1016,6 +1017,9 @@ class _Call:
         verdict = self.last_verdict
         assert verdict is not None
         self.finish(_EXHAUSTED, error_type="ContentAnomaly", stop=stop)
+        report_anomalies(
+            verdict, policy.route, subject=f"the last of {n} attempt(s) of a retried call"
+        )
         raise ContentAnomaly(
             f"route {policy.route!r}: the output failed its content checks at attempt {n} "
             f"and no further attempt was made: {why}. {history}. The anomalous output was not "

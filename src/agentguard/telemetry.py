@@ -79,6 +79,7 @@ class ATTR:
     RETRY_MAX_ATTEMPTS = "agentguard.retry.max_attempts"  # on the call span: allowed
     RETRY_STOP = "agentguard.retry.stop"  # why no further attempt: attempts/timeout/...
     OWNER = "agentguard.bypass.owner"
+    FUNCTION = "agentguard.function"  # the producer named by a contract
     BYPASS_ENTRY = "agentguard.bypass.entry"  # the entry's guard id or pattern
     BYPASS_REASON = "agentguard.bypass.reason"
     BYPASS_TICKET = "agentguard.bypass.ticket"
