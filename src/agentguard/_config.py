@@ -57,6 +57,7 @@ class Config:
     clock: Clock = field(default_factory=Clock)
     store: Any = None  # agentguard.store.Store | None; set by configure(store=...)
     store_configured: bool = False
+    backend: Any = None  # default backend of pools given key=/window= (ag.RedisBackend)
 
 
 _lock = threading.Lock()
@@ -79,6 +80,7 @@ def configure(
     usage_extractors: tuple[UsageExtractor, ...] | list[UsageExtractor] = _UNSET,
     clock: Clock = _UNSET,
     store: Any = _UNSET,
+    backend: Any = _UNSET,
 ) -> None:
     """Set process-wide options; only the arguments given change.
 
@@ -93,6 +95,8 @@ def configure(
     - `usage_extractors`: extra callables tried first to read usage from a response.
     - `clock`: a `Clock` (tests inject a controllable one).
     - `store`: a `Store`, a path to a SQLite file, or None to keep no store.
+    - `backend`: the backend (e.g. `ag.RedisBackend(url)`) of pools created with `key=` or
+      `window=` and no `backend=`.
     """
     with _lock:
         changes: dict[str, Any] = {}
@@ -126,6 +130,8 @@ def configure(
 
             changes["store"] = open_store(store) if store is not None else None
             changes["store_configured"] = True
+        if backend is not _UNSET:
+            changes["backend"] = backend
         for key, value in changes.items():
             setattr(_config, key, value)
 

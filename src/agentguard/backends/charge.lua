@@ -1,0 +1,243 @@
+-- agentguard: admit ('a'), settle ('s') or release ('r') on a chain of budget pools, all or
+-- nothing, in one round trip. Pools are Redis hashes:
+--   c created (unix s), name, warn (fraction or 0), parent (registry key of the parent pool),
+--   stop (JSON of the first refusal or overrun; sticky), l:<dim> limit, s:<dim> spent,
+--   r:<dim> reserved, w:<dim> (warn alert already sent).
+-- A windowed pool has a registry hash (limits, last window opened) and one state hash per
+-- window; the state hash of a new window is opened here, never re-opened once it vanished.
+--
+-- KEYS[1] idempotency marker of this operation (holds the reply; PX dedup)
+-- KEYS[2] reservations hash of the top pool (id -> JSON {id, k = state keys, d = dims, i, t})
+-- KEYS[3] lease sorted set of the top pool (id -> lease end)
+-- KEYS[2 + 2i], KEYS[3 + 2i]: state key and registry key of pool i (charged pool first)
+-- ARGV: op, now, dedup_ms, lease_s, reservation id, info ("route\tfunction\tpool"),
+--       n pools, (window index or '', ttl_ms) per pool, n dims, (dim, amount, reserve) per dim
+local EPS = 1e-9
+local op = ARGV[1]
+local now = tonumber(ARGV[2])
+local dedup_ms = ARGV[3]
+local lease = tonumber(ARGV[4])
+local rid = ARGV[5]
+local info = ARGV[6]
+local np = tonumber(ARGV[7])
+local a = 8
+local wins, ttls = {}, {}
+for i = 1, np do
+  wins[i] = ARGV[a]
+  ttls[i] = tonumber(ARGV[a + 1])
+  a = a + 2
+end
+local nd = tonumber(ARGV[a])
+a = a + 1
+local dims, amt, res = {}, {}, {}
+for j = 1, nd do
+  dims[j] = ARGV[a]
+  amt[j] = tonumber(ARGV[a + 1])
+  res[j] = tonumber(ARGV[a + 2])
+  a = a + 3
+end
+
+local seen = redis.call('GET', KEYS[1])
+if seen then
+  return cjson.decode(seen)
+end
+
+local function finish(reply)
+  redis.call('SET', KEYS[1], cjson.encode(reply), 'PX', dedup_ms)
+  return reply
+end
+
+local function unreserve(keylist, d)
+  for _, k in ipairs(keylist) do
+    if redis.call('EXISTS', k) == 1 then
+      for m = 1, #d, 2 do
+        local f = 'r:' .. d[m]
+        local v = tonumber(redis.call('HINCRBYFLOAT', k, f, -tonumber(d[m + 1])))
+        if v < EPS then
+          redis.call('HSET', k, f, '0')
+        end
+      end
+    end
+  end
+end
+
+-- lazily reclaim reservations whose lease ran out (their worker died mid-call)
+local reclaimed = {}
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 64)
+for _, id in ipairs(due) do
+  local rec = redis.call('HGET', KEYS[2], id)
+  if rec then
+    local r = cjson.decode(rec)
+    unreserve(r.k, r.d)
+    redis.call('HDEL', KEYS[2], id)
+    reclaimed[#reclaimed + 1] = rec
+  end
+  redis.call('ZREM', KEYS[3], id)
+end
+
+local expired = '0'
+if op ~= 'a' and rid ~= '' then
+  local rec = redis.call('HGET', KEYS[2], rid)
+  if rec then
+    local r = cjson.decode(rec)
+    unreserve(r.k, r.d)
+    redis.call('HDEL', KEYS[2], rid)
+    redis.call('ZREM', KEYS[3], rid)
+  else
+    expired = '1'
+  end
+end
+if op == 'r' then
+  local reply = {'ok', expired, '0', '0'}
+  for _, rec in ipairs(reclaimed) do reply[#reply + 1] = rec end
+  return finish(reply)
+end
+
+local fields = {'c', 'stop', 'warn'}
+for j = 1, nd do
+  local d = dims[j]
+  fields[#fields + 1] = 'l:' .. d
+  fields[#fields + 1] = 's:' .. d
+  fields[#fields + 1] = 'r:' .. d
+  fields[#fields + 1] = 'w:' .. d
+end
+local st = {}
+for i = 1, np do
+  local k = KEYS[2 + 2 * i]
+  local v = redis.call('HMGET', k, unpack(fields))
+  if not v[1] then
+    if op ~= 'a' or wins[i] == '' then
+      return {'missing', tostring(i)}
+    end
+    local reg = KEYS[3 + 2 * i]
+    local r = redis.call('HMGET', reg, 'c', 'last')
+    if not r[1] then
+      return {'missing', tostring(i)}
+    end
+    if r[2] and tonumber(r[2]) >= tonumber(wins[i]) then
+      return {'vanished', tostring(i)}
+    end
+    local all = redis.call('HGETALL', reg)
+    local copy = {'c', tostring(now)}
+    for m = 1, #all, 2 do
+      local f = all[m]
+      if string.sub(f, 1, 2) == 'l:' or f == 'warn' or f == 'name' or f == 'parent' then
+        copy[#copy + 1] = f
+        copy[#copy + 1] = all[m + 1]
+      end
+    end
+    redis.call('HSET', k, unpack(copy))
+    redis.call('HSET', reg, 'last', wins[i])
+    if ttls[i] > 0 then
+      redis.call('PEXPIRE', reg, ttls[i])
+    end
+    v = redis.call('HMGET', k, unpack(fields))
+  end
+  st[i] = v
+end
+
+if op == 'a' then
+  for i = 1, np do
+    local v = st[i]
+    if v[2] then
+      return finish({'stopped', tostring(i), v[2]})
+    end
+    for j = 1, nd do
+      local o = 3 + 4 * (j - 1)
+      local lim = v[o + 1]
+      if lim then
+        lim = tonumber(lim)
+        local s = tonumber(v[o + 2] or '0')
+        local r = tonumber(v[o + 3] or '0')
+        local need = amt[j] + res[j]
+        if s + r + need > lim + EPS then
+          redis.call('HSET', KEYS[2 + 2 * i], 'stop', cjson.encode({
+            kind = 'refused', dim = dims[j], limit = tostring(lim), spent = tostring(s),
+            reserved = tostring(r), requested = tostring(need), info = info, at = tostring(now)}))
+          return finish({'refused', tostring(i), dims[j], tostring(s), tostring(r), tostring(lim)})
+        end
+      end
+    end
+  end
+end
+
+-- apply: admit charges `amt` and reserves `res`; settle charges `amt` (may overrun)
+local warns, overs = {}, {}
+for i = 1, np do
+  local k = KEYS[2 + 2 * i]
+  local v = st[i]
+  local warn = tonumber(v[3] or '0')
+  local stopped = v[2]
+  for j = 1, nd do
+    local o = 3 + 4 * (j - 1)
+    local s = tonumber(v[o + 2] or '0')
+    local r = tonumber(v[o + 3] or '0')
+    if amt[j] ~= 0 then
+      s = tonumber(redis.call('HINCRBYFLOAT', k, 's:' .. dims[j], amt[j]))
+    end
+    if res[j] ~= 0 then
+      r = tonumber(redis.call('HINCRBYFLOAT', k, 'r:' .. dims[j], res[j]))
+    elseif op == 's' then
+      r = tonumber(redis.call('HGET', k, 'r:' .. dims[j]) or '0')
+    end
+    local lim = v[o + 1]
+    if lim then
+      lim = tonumber(lim)
+      if op == 's' and amt[j] ~= 0 and s + r > lim + EPS then
+        overs[#overs + 1] = tostring(i)
+        overs[#overs + 1] = dims[j]
+        overs[#overs + 1] = tostring(s)
+        overs[#overs + 1] = tostring(lim)
+        if not stopped then
+          stopped = cjson.encode({
+            kind = 'overrun', dim = dims[j], limit = tostring(lim), spent = tostring(s),
+            reserved = tostring(r), requested = tostring(amt[j]), info = info,
+            at = tostring(now)})
+          redis.call('HSET', k, 'stop', stopped)
+        end
+      end
+      if warn > 0 and not v[o + 4] and s + r >= lim * warn then
+        redis.call('HSET', k, 'w:' .. dims[j], '1')
+        warns[#warns + 1] = tostring(i)
+        warns[#warns + 1] = dims[j]
+        warns[#warns + 1] = tostring(s + r)
+        warns[#warns + 1] = tostring(lim)
+      end
+    end
+  end
+  if ttls[i] > 0 then
+    redis.call('PEXPIRE', k, ttls[i])
+  end
+end
+
+if op == 'a' and rid ~= '' then
+  local d = {}
+  for j = 1, nd do
+    if res[j] ~= 0 then
+      d[#d + 1] = dims[j]
+      d[#d + 1] = tostring(res[j])
+    end
+  end
+  if #d > 0 then
+    local keys = {}
+    local ttl = 0
+    for i = 1, np do
+      keys[i] = KEYS[2 + 2 * i]
+      if ttls[i] > ttl then ttl = ttls[i] end
+    end
+    redis.call('HSET', KEYS[2], rid, cjson.encode({id = rid, k = keys, d = d, i = info,
+      t = tostring(now)}))
+    redis.call('ZADD', KEYS[3], now + lease, rid)
+    if ttl > 0 then
+      redis.call('PEXPIRE', KEYS[2], ttl)
+      redis.call('PEXPIRE', KEYS[3], ttl)
+    end
+  end
+end
+
+local reply = {'ok', expired, tostring(#warns / 4)}
+for _, w in ipairs(warns) do reply[#reply + 1] = w end
+reply[#reply + 1] = tostring(#overs / 4)
+for _, o in ipairs(overs) do reply[#reply + 1] = o end
+for _, rec in ipairs(reclaimed) do reply[#reply + 1] = rec end
+return finish(reply)
