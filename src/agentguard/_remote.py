@@ -354,7 +354,9 @@ def _local_admit(
     now = _config._config.clock.monotonic() if pool._chain_deadline else 0.0
     with pool._lock:
         for p in pool._chain:
-            if p._stopped is not None:
+            # A Redis-backed pool's stop flag and limits are checked by the script, in chain
+            # order with its other Redis-backed pools (so the same pool refuses as in memory).
+            if p._stopped is not None and p.backend is None:
                 err = pool._already_stopped(p, route, function)
                 break
             if p._has_deadline and now > cast(float, p._deadline):

@@ -207,7 +207,7 @@ class RedisBackend:
 
     def same_server(self, other: RedisBackend) -> bool:
         """True when `other` talks to the same Redis (so one script can charge both)."""
-        return other is self or (other.url == self.url and self._client is other._client)
+        return other is self or other.url == self.url
 
     # -- keys ------------------------------------------------------------------------------
 
