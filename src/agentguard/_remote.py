@@ -49,13 +49,30 @@ __all__ = [
 
 log = logging.getLogger("agentguard.redis")
 
-_TOKEN = os.urandom(6).hex()
 _seq = itertools.count(1)
+_TOKEN = f"{os.urandom(6).hex()}.{os.getpid():x}."
+
+
+def _new_token() -> None:
+    global _TOKEN
+    _TOKEN = f"{os.urandom(6).hex()}.{os.getpid():x}."
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_token)
 
 
 def _op_id() -> str:
     """A charge id unique across processes and machines (random token, pid, counter)."""
-    return f"{_TOKEN}.{os.getpid():x}.{next(_seq):x}"
+    return f"{_TOKEN}{next(_seq):x}"
+
+
+def _wall_now() -> float:
+    """Unix time from the configured clock (leases and windows; tests move it)."""
+    clock = _config._config.clock
+    if type(clock) is _config.Clock:
+        return time.time()
+    return clock.now().timestamp()
 
 
 def _unsupported(pool: BudgetPool, backend: Any) -> ConfigurationError:
@@ -98,6 +115,7 @@ class _Plan:
         "lease",
         "lease_key",
         "op_prefix",
+        "refresh_at",
         "reg_keys",
         "remote",
         "res_key",
@@ -137,6 +155,7 @@ class _Plan:
         self.op_prefix = top + ":op:"
         self.dedup_ms = int(backend.dedup_seconds * 1000)
         self.lease = backend.lease_seconds
+        self.refresh_at = 0.0  # when this process next refreshes the keys' TTL
 
     def state_keys(self, now: float) -> list[str]:
         keys = []
@@ -155,9 +174,14 @@ class _Plan:
         function: str | None,
         state_keys: list[str] | None,
     ) -> tuple[list[str], list[Any], list[str]]:
-        now = _config._config.clock.now().timestamp()
+        now = _wall_now()
         skeys = state_keys if state_keys is not None else self.state_keys(now)
         keys = [self.op_prefix + _op_id(), self.res_key, self.lease_key]
+        # Refresh the TTL at most every 1/100 of it per process (a PEXPIRE per charge costs
+        # as much as the charge's own write); windows and reservations always set theirs.
+        refresh = now >= self.refresh_at or op != "a" or bool(reserve)
+        if refresh and op == "a":
+            self.refresh_at = now + self.backend.ttl_seconds / 100
         args: list[Any] = [
             op,
             repr(now),
@@ -172,14 +196,20 @@ class _Plan:
             keys.append(self.reg_keys[i])
             window = self.windows[i]
             args.append("" if window is None or op != "a" else int(now // window))
-            args.append(self.ttls[i])
+            args.append(self.ttls[i] if refresh or window is not None else 0)
+        if amounts is _TOOL_CHARGE:
+            args += _TOOL_ARGS
+            return keys, args, skeys
         dims = list(amounts) if not reserve else list(dict.fromkeys((*amounts, *reserve)))
         args.append(len(dims))
         for dim in dims:
             args.append(dim)
-            args.append(repr(float(amounts.get(dim, 0.0))))
-            args.append(repr(float(reserve.get(dim, 0.0))))
+            args.append(amounts.get(dim, 0))  # int or float: both reach Lua's tonumber intact
+            args.append(reserve.get(dim, 0))
         return keys, args, skeys
+
+
+_TOOL_ARGS = [1, "tool_calls", 1, 0]
 
 
 def _pool_key(p: BudgetPool) -> str:
@@ -201,7 +231,7 @@ _plans_lock = threading.Lock()
 def _open_args(p: BudgetPool, parent_key: str) -> list[Any]:
     backend = cast("RedisBackend", p.backend)
     ttl_ms = int((backend.ttl_seconds + (p.window or 0.0)) * 1000)
-    now = _config._config.clock.now().timestamp()
+    now = _wall_now()
     args: list[Any] = [
         "1" if backend.create else "0",
         repr(now),
@@ -562,7 +592,8 @@ def _admitted(
 ) -> Reservation:
     status = reply[0]
     if status == "ok":
-        _tail(pool, plan, reply, route)
+        if len(reply) > 4 or reply[2] != "0":
+            _tail(pool, plan, reply, route)
         if warns:
             pool._emit_warns(warns, route)
         return RemoteReservation(
@@ -848,6 +879,8 @@ def remote_settle(reservation: Reservation, actual: Mapping[str, float]) -> None
     held until its lease runs out, so the pool is not under-counted meanwhile).
     """
     r = cast(RemoteReservation, reservation)
+    if not actual and not r.reserved:
+        return  # a plain charge: nothing was reserved, nothing to add
     call = _settle_call(r, actual)
     if call is None:
         r.pool._settle(r, actual)
@@ -962,7 +995,13 @@ async def aremote_release(
     )
 
 
-def _charge_script() -> Any:
-    from .backends.redis import CHARGE
+_CHARGE: Any = None
 
-    return CHARGE
+
+def _charge_script() -> Any:
+    global _CHARGE
+    if _CHARGE is None:
+        from .backends.redis import CHARGE
+
+        _CHARGE = CHARGE
+    return _CHARGE

@@ -12,6 +12,7 @@
 -- KEYS[2 + 2i], KEYS[3 + 2i]: state key and registry key of pool i (charged pool first)
 -- ARGV: op, now, dedup_ms, lease_s, reservation id, info ("route\tfunction\tpool"),
 --       n pools, (window index or '', ttl_ms) per pool, n dims, (dim, amount, reserve) per dim
+-- A ttl_ms of 0 skips refreshing that key's TTL (the client refreshes it now and then).
 local EPS = 1e-9
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -39,11 +40,19 @@ end
 
 local seen = redis.call('GET', KEYS[1])
 if seen then
+  if seen == '1' then
+    return {'ok', '0', '0', '0'}
+  end
   return cjson.decode(seen)
 end
 
 local function finish(reply)
-  redis.call('SET', KEYS[1], cjson.encode(reply), 'PX', dedup_ms)
+  -- the common reply (ok, nothing else to say) is stored as '1': no JSON on the hot path
+  if #reply == 4 and reply[1] == 'ok' and reply[2] == '0' and reply[3] == '0' then
+    redis.call('SET', KEYS[1], '1', 'PX', dedup_ms)
+  else
+    redis.call('SET', KEYS[1], cjson.encode(reply), 'PX', dedup_ms)
+  end
   return reply
 end
 

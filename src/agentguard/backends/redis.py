@@ -297,59 +297,41 @@ class RedisBackend:
 
     def run(self, script: _Script, keys: list[str], args: list[Any], pool: str) -> Any:
         """EVALSHA `script` (re-loading it on NOSCRIPT); Redis errors -> BudgetUnavailable."""
-        from redis.exceptions import (
-            ConnectionError as RedisConnectionError,
-        )
-        from redis.exceptions import (
-            NoScriptError,
-            RedisError,
-        )
-        from redis.exceptions import (
-            TimeoutError as RedisTimeoutError,
-        )
-
-        execute: Any = self.sync_client().execute_command
+        client = self._client or self.sync_client()
+        no_script, transient, redis_error = _errors()
+        execute: Any = client.execute_command
         last: BaseException | None = None
         for _attempt in range(self.retries + 1):
             try:
                 try:
                     return execute("EVALSHA", script.sha, len(keys), *keys, *args)
-                except NoScriptError:
+                except no_script:
                     # Redis restarted or SCRIPT FLUSH: load it again and retry once (same id).
                     execute("SCRIPT", "LOAD", script.text)
                     return execute("EVALSHA", script.sha, len(keys), *keys, *args)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except transient as exc:
                 last = exc
-            except RedisError as exc:
+            except redis_error as exc:
                 raise self.unavailable(pool, keys[-1], exc) from exc
         assert last is not None
         raise self.unavailable(pool, keys[-1], last) from last
 
     async def arun(self, script: _Script, keys: list[str], args: list[Any], pool: str) -> Any:
         """`run` on the asyncio client of the running loop."""
-        from redis.exceptions import (
-            ConnectionError as RedisConnectionError,
-        )
-        from redis.exceptions import (
-            NoScriptError,
-            RedisError,
-        )
-        from redis.exceptions import (
-            TimeoutError as RedisTimeoutError,
-        )
-
         execute: Any = self.async_client().execute_command
+        no_script, transient, redis_error = _errors()
+        retried: tuple[type[BaseException], ...] = (*transient, asyncio.TimeoutError)
         last: BaseException | None = None
         for _attempt in range(self.retries + 1):
             try:
                 try:
                     return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
-                except NoScriptError:
+                except no_script:
                     await execute("SCRIPT", "LOAD", script.text)
                     return await execute("EVALSHA", script.sha, len(keys), *keys, *args)
-            except (RedisConnectionError, RedisTimeoutError, asyncio.TimeoutError) as exc:
+            except retried as exc:
                 last = exc
-            except RedisError as exc:
+            except redis_error as exc:
                 raise self.unavailable(pool, keys[-1], exc) from exc
         assert last is not None
         raise self.unavailable(pool, keys[-1], last) from last
@@ -434,6 +416,21 @@ class RedisBackend:
                 f"key=... (the same key as the BudgetPool's)."
             )
         return name
+
+
+_ERRORS: tuple[type[Exception], tuple[type[Exception], ...], type[Exception]] | None = None
+
+
+def _errors() -> tuple[type[Exception], tuple[type[Exception], ...], type[Exception]]:
+    """(NOSCRIPT, errors worth one retry with the same charge id, any other Redis error)."""
+    global _ERRORS
+    if _ERRORS is None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import NoScriptError, RedisError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        _ERRORS = (NoScriptError, (RedisConnectionError, RedisTimeoutError), RedisError)
+    return _ERRORS
 
 
 def _glob_escape(text: str) -> str:
