@@ -197,7 +197,7 @@ def test_a_retried_charge_id_is_charged_once(backend: Callable[..., ag.RedisBack
     with ag.BudgetPool(tool_calls=10, name="run", backend=b) as pool:
         pool.charge(tool_calls=0)
         plan = _remote._plan(pool)
-        keys, args, _ = plan.build("a", pool, {"tool_calls": 3.0}, {}, "", None, None, None)
+        keys, args, _, _ = plan.build("a", pool, {"tool_calls": 3.0}, {}, "", None, None, None)
         first = b.run(CHARGE, keys, args, pool.name)
         again = b.run(CHARGE, keys, args, pool.name)  # a reconnect re-sends the same id
     assert first == again

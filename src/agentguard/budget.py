@@ -1128,5 +1128,3 @@ def _iter_tree(pool: BudgetPool) -> Iterator[BudgetPool]:
     yield pool
     for child in pool.children:
         yield from _iter_tree(child)
-
-

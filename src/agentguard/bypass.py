@@ -30,7 +30,5 @@ def active_bypass(guard_id: str) -> Bypass | None:
     return None
 
 
-def record_bypass_use(
-    entry: Bypass, guard_id: str, would_have: str, **context: Any
-) -> None:
+def record_bypass_use(entry: Bypass, guard_id: str, would_have: str, **context: Any) -> None:
     """Record that `entry` let a call through that `guard_id` would have stopped."""

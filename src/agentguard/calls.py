@@ -506,9 +506,7 @@ def llm_call(
 
         def finish(info: CallInfo, result: Any, t0: float, span: Any) -> None:
             info.duration = perf_counter() - t0
-            _finish_llm(
-                s, info, result, info.extra["reserve"], info.model, info.extra["estimate"]
-            )
+            _finish_llm(s, info, result, info.extra["reserve"], info.model, info.extra["estimate"])
             _llm_telemetry(info, span)
             if _call_listeners:
                 _notify(info)
@@ -604,8 +602,6 @@ def _llm_telemetry(info: CallInfo, span: Any) -> None:
         if info.model:
             base[telemetry.ATTR.GEN_AI_REQUEST_MODEL] = info.model
         hist.record(usage.input_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "input"})
-        hist.record(
-            usage.output_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "output"}
-        )
+        hist.record(usage.output_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "output"})
         if info.cost_usd is not None:
             telemetry.histogram(telemetry.METRIC.COST, unit="USD").record(info.cost_usd, base)

@@ -6,52 +6,64 @@
 -- A windowed pool has a registry hash (limits, last window opened) and one state hash per
 -- window; the state hash of a new window is opened here, never re-opened once it vanished.
 --
--- KEYS[1] idempotency marker of this operation (holds the reply; PX dedup)
--- KEYS[2] reservations hash of the top pool (id -> JSON {id, k = state keys, d = dims, i, t})
--- KEYS[3] lease sorted set of the top pool (id -> lease end)
--- KEYS[2 + 2i], KEYS[3 + 2i]: state key and registry key of pool i (charged pool first)
--- ARGV: op, now, dedup_ms, lease_s, reservation id, info ("route\tfunction\tpool"),
---       n pools, (window index or '', ttl_ms) per pool, n dims, (dim, amount, reserve) per dim
--- A ttl_ms of 0 skips refreshing that key's TTL (the client refreshes it now and then).
+-- KEYS[1] the top pool's key (registry of the chain's outermost Redis pool): its
+--   reservations live in KEYS[1]..':res' (id -> JSON {id, k = state keys, d = dims, i, t}),
+--   their lease ends in the sorted set KEYS[1]..':lease', operation markers in
+--   KEYS[1]..':op:<id>' (the reply, for idempotent retries; PX dedup).
+-- KEYS[1 + i] state key of pool i (charged pool first); a window's key ends in ':w<index>'
+--   and its registry is the same key without that suffix.
+-- ARGV[1] "op now opid rid": op a(dmit) s(ettle) r(elease); rid '-' for none
+-- ARGV[2] "dedup_ms lease_s" then per pool "ttl_ms:window" (ttl 0: keep the TTL; window
+--   index or '-')
+-- ARGV[3] info "route\tfunction\tpool" (for refusals and reservations)
+-- ARGV[4] "dim amount reserve ..." triples
 local EPS = 1e-9
-local op = ARGV[1]
-local now = tonumber(ARGV[2])
-local dedup_ms = ARGV[3]
-local lease = tonumber(ARGV[4])
-local rid = ARGV[5]
-local info = ARGV[6]
-local np = tonumber(ARGV[7])
-local a = 8
-local wins, ttls = {}, {}
-for i = 1, np do
-  wins[i] = ARGV[a]
-  ttls[i] = tonumber(ARGV[a + 1])
-  a = a + 2
+local op, now, opid, rid = string.match(ARGV[1], '^(%a) (%S+) (%S+) (%S+)$')
+now = tonumber(now)
+if rid == '-' then rid = '' end
+local dedup_ms, lease, spec = string.match(ARGV[2], '^(%d+) (%S+)(.*)$')
+lease = tonumber(lease)
+local info = ARGV[3]
+local np = #KEYS - 1
+local wins, ttls, regs = {}, {}, {}
+local n = 0
+for ttl, win in string.gmatch(spec, '(%d+):(%S+)') do
+  n = n + 1
+  ttls[n] = tonumber(ttl)
+  if win == '-' then
+    wins[n] = ''
+    regs[n] = KEYS[1 + n]
+  else
+    wins[n] = win
+    regs[n] = string.sub(KEYS[1 + n], 1, -(#win + 3))
+  end
 end
-local nd = tonumber(ARGV[a])
-a = a + 1
 local dims, amt, res = {}, {}, {}
-for j = 1, nd do
-  dims[j] = ARGV[a]
-  amt[j] = tonumber(ARGV[a + 1])
-  res[j] = tonumber(ARGV[a + 2])
-  a = a + 3
+local nd = 0
+for d, x, y in string.gmatch(ARGV[4], '(%S+) (%S+) (%S+)') do
+  nd = nd + 1
+  dims[nd] = d
+  amt[nd] = tonumber(x)
+  res[nd] = tonumber(y)
 end
+local top = KEYS[1]
+local opkey = top .. ':op:' .. opid
+local reskey = top .. ':res'
+local leasekey = top .. ':lease'
 
-local seen = redis.call('GET', KEYS[1])
-if seen then
-  if seen == '1' then
+-- idempotency: the first run of an id claims its marker; a re-sent id gets the first reply
+if not redis.call('SET', opkey, '1', 'NX', 'PX', dedup_ms) then
+  local seen = redis.call('GET', opkey)
+  if seen == '1' or not seen then
     return {'ok', '0', '0', '0'}
   end
   return cjson.decode(seen)
 end
 
 local function finish(reply)
-  -- the common reply (ok, nothing else to say) is stored as '1': no JSON on the hot path
-  if #reply == 4 and reply[1] == 'ok' and reply[2] == '0' and reply[3] == '0' then
-    redis.call('SET', KEYS[1], '1', 'PX', dedup_ms)
-  else
-    redis.call('SET', KEYS[1], cjson.encode(reply), 'PX', dedup_ms)
+  -- the common reply (ok, nothing else to say) stays '1': no JSON on the hot path
+  if not (#reply == 4 and reply[1] == 'ok' and reply[2] == '0' and reply[3] == '0') then
+    redis.call('SET', opkey, cjson.encode(reply), 'PX', dedup_ms)
   end
   return reply
 end
@@ -72,26 +84,26 @@ end
 
 -- lazily reclaim reservations whose lease ran out (their worker died mid-call)
 local reclaimed = {}
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 64)
+local due = redis.call('ZRANGEBYSCORE', leasekey, '-inf', now, 'LIMIT', 0, 64)
 for _, id in ipairs(due) do
-  local rec = redis.call('HGET', KEYS[2], id)
+  local rec = redis.call('HGET', reskey, id)
   if rec then
     local r = cjson.decode(rec)
     unreserve(r.k, r.d)
-    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', reskey, id)
     reclaimed[#reclaimed + 1] = rec
   end
-  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', leasekey, id)
 end
 
 local expired = '0'
 if op ~= 'a' and rid ~= '' then
-  local rec = redis.call('HGET', KEYS[2], rid)
+  local rec = redis.call('HGET', reskey, rid)
   if rec then
     local r = cjson.decode(rec)
     unreserve(r.k, r.d)
-    redis.call('HDEL', KEYS[2], rid)
-    redis.call('ZREM', KEYS[3], rid)
+    redis.call('HDEL', reskey, rid)
+    redis.call('ZREM', leasekey, rid)
   else
     expired = '1'
   end
@@ -112,19 +124,19 @@ for j = 1, nd do
 end
 local st = {}
 for i = 1, np do
-  local k = KEYS[2 + 2 * i]
+  local k = KEYS[1 + i]
   local v = redis.call('HMGET', k, unpack(fields))
   if not v[1] then
     if op ~= 'a' or wins[i] == '' then
-      return {'missing', tostring(i)}
+      return finish({'missing', tostring(i)})
     end
-    local reg = KEYS[3 + 2 * i]
+    local reg = regs[i]
     local r = redis.call('HMGET', reg, 'c', 'last')
     if not r[1] then
-      return {'missing', tostring(i)}
+      return finish({'missing', tostring(i)})
     end
     if r[2] and tonumber(r[2]) >= tonumber(wins[i]) then
-      return {'vanished', tostring(i)}
+      return finish({'vanished', tostring(i)})
     end
     local all = redis.call('HGETALL', reg)
     local copy = {'c', tostring(now)}
@@ -160,7 +172,7 @@ if op == 'a' then
         local r = tonumber(v[o + 3] or '0')
         local need = amt[j] + res[j]
         if s + r + need > lim + EPS then
-          redis.call('HSET', KEYS[2 + 2 * i], 'stop', cjson.encode({
+          redis.call('HSET', KEYS[1 + i], 'stop', cjson.encode({
             kind = 'refused', dim = dims[j], limit = tostring(lim), spent = tostring(s),
             reserved = tostring(r), requested = tostring(need), info = info, at = tostring(now)}))
           return finish({'refused', tostring(i), dims[j], tostring(s), tostring(r), tostring(lim)})
@@ -173,7 +185,7 @@ end
 -- apply: admit charges `amt` and reserves `res`; settle charges `amt` (may overrun)
 local warns, overs = {}, {}
 for i = 1, np do
-  local k = KEYS[2 + 2 * i]
+  local k = KEYS[1 + i]
   local v = st[i]
   local warn = tonumber(v[3] or '0')
   local stopped = v[2]
@@ -231,15 +243,15 @@ if op == 'a' and rid ~= '' then
     local keys = {}
     local ttl = 0
     for i = 1, np do
-      keys[i] = KEYS[2 + 2 * i]
+      keys[i] = KEYS[1 + i]
       if ttls[i] > ttl then ttl = ttls[i] end
     end
-    redis.call('HSET', KEYS[2], rid, cjson.encode({id = rid, k = keys, d = d, i = info,
+    redis.call('HSET', reskey, rid, cjson.encode({id = rid, k = keys, d = d, i = info,
       t = tostring(now)}))
-    redis.call('ZADD', KEYS[3], now + lease, rid)
+    redis.call('ZADD', leasekey, now + lease, rid)
     if ttl > 0 then
-      redis.call('PEXPIRE', KEYS[2], ttl)
-      redis.call('PEXPIRE', KEYS[3], ttl)
+      redis.call('PEXPIRE', reskey, ttl)
+      redis.call('PEXPIRE', leasekey, ttl)
     end
   end
 end

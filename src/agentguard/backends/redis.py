@@ -312,9 +312,9 @@ class RedisBackend:
             except transient as exc:
                 last = exc
             except redis_error as exc:
-                raise self.unavailable(pool, keys[-1], exc) from exc
+                raise self.unavailable(pool, keys[min(1, len(keys) - 1)], exc) from exc
         assert last is not None
-        raise self.unavailable(pool, keys[-1], last) from last
+        raise self.unavailable(pool, keys[min(1, len(keys) - 1)], last) from last
 
     async def arun(self, script: _Script, keys: list[str], args: list[Any], pool: str) -> Any:
         """`run` on the asyncio client of the running loop."""
@@ -332,9 +332,9 @@ class RedisBackend:
             except retried as exc:
                 last = exc
             except redis_error as exc:
-                raise self.unavailable(pool, keys[-1], exc) from exc
+                raise self.unavailable(pool, keys[min(1, len(keys) - 1)], exc) from exc
         assert last is not None
-        raise self.unavailable(pool, keys[-1], last) from last
+        raise self.unavailable(pool, keys[min(1, len(keys) - 1)], last) from last
 
     # -- inspection and explicit lifecycle -------------------------------------------------
 
