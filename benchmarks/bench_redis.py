@@ -108,12 +108,25 @@ def run(measure: Callable[..., float]) -> list[tuple[str, list[tuple[str, float]
             )
             one.charge(tool_calls=0)
 
+            from agentguard import _remote
+            from agentguard.backends.redis import CHARGE
+
+            plan = _remote._plan(one)
+            execute = client.execute_command
+
+            def script_alone() -> None:
+                keys, args, _, _ = plan.build(
+                    "a", one, _remote._TOOL_CHARGE, {}, "", None, "bench", None
+                )
+                execute("EVALSHA", CHARGE.sha, len(keys), *keys, *args)
+
             def reserve_settle() -> None:
                 one.reserve(output_tokens=100).settle({"output_tokens": 50})
 
             cases: list[tuple[str, Callable[[], object]]] = [
                 ("bare EVALSHA round trip (return 1)", _bare_evalsha(client, sha, counter)),
                 ("bare INCRBY round trip", lambda: client.incrby(counter, 1)),
+                ("charge.lua alone (EVALSHA, no pool logic)", script_alone),
                 ("pool.charge(tool_calls=1) on Redis", lambda: one.charge(tool_calls=1)),
                 ("reserve + settle on Redis (2 trips)", reserve_settle),
             ]

@@ -584,10 +584,14 @@ def _reclaimed(pool: BudgetPool, rec: str) -> None:
     )
 
 
+_OK = ["ok", "0", "0", "0"]
+"""The common reply of charge.lua, sent as the bare string 'ok' (cheaper to parse)."""
+
+
 def _admitted(
     pool: BudgetPool,
     plan: _Plan,
-    reply: list[str],
+    reply: Any,
     charge: Mapping[str, float],
     reserve: Mapping[str, float],
     route: str | None,
@@ -597,6 +601,12 @@ def _admitted(
     skeys: list[str],
     warns: list[tuple[BudgetPool, str]] | None,
 ) -> Reservation:
+    if reply == "ok":  # the common reply: nothing to report
+        if warns:
+            pool._emit_warns(warns, route)
+        return RemoteReservation(
+            pool, dict(charge), dict(reserve), route, function, kind, rid, skeys, plan
+        )
     status = reply[0]
     if status == "ok":
         if len(reply) > 4 or reply[2] != "0":
@@ -787,9 +797,11 @@ def remote_tool(
 # -- settle and release ----------------------------------------------------------------------
 
 
-def _settled(r: RemoteReservation, actual: Mapping[str, float], reply: list[str]) -> None:
+def _settled(r: RemoteReservation, actual: Mapping[str, float], reply: Any) -> None:
     pool = r.pool
     plan = r.plan
+    if reply == "ok":
+        reply = _OK
     if reply[0] != "ok":
         i = int(reply[1]) - 1
         err = _missing(plan.remote[i], r.state_keys[i], plan.backend, vanished=False)
@@ -947,7 +959,9 @@ def _release_failed(r: RemoteReservation, exc: BudgetUnavailable) -> None:
     )
 
 
-def _released(r: RemoteReservation, reply: list[str]) -> None:
+def _released(r: RemoteReservation, reply: Any) -> None:
+    if reply == "ok":
+        reply = _OK
     if reply[0] == "ok":
         _tail(r.pool, r.plan, reply, r.route)
     r.pool._release(r)

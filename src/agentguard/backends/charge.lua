@@ -55,16 +55,19 @@ local leasekey = top .. ':lease'
 if not redis.call('SET', opkey, '1', 'NX', 'PX', dedup_ms) then
   local seen = redis.call('GET', opkey)
   if seen == '1' or not seen then
-    return {'ok', '0', '0', '0'}
+    return 'ok'
   end
   return cjson.decode(seen)
 end
 
 local function finish(reply)
-  -- the common reply (ok, nothing else to say) stays '1': no JSON on the hot path
-  if not (#reply == 4 and reply[1] == 'ok' and reply[2] == '0' and reply[3] == '0') then
-    redis.call('SET', opkey, cjson.encode(reply), 'PX', dedup_ms)
+  -- the common reply (ok, nothing else to say) is the bare string 'ok' and its marker stays
+  -- '1': no JSON and no array to parse on the hot path
+  if #reply == 4 and reply[1] == 'ok' and reply[2] == '0' and reply[3] == '0' and
+      reply[4] == '0' then
+    return 'ok'
   end
+  redis.call('SET', opkey, cjson.encode(reply), 'PX', dedup_ms)
   return reply
 end
 
