@@ -70,16 +70,15 @@ def main() -> None:
     ag.configure(price=lambda model, usage: 0.000002 * (usage.total or 0))
     tickets = [f"T-{n}" for n in range(1, 6)]
 
-    print("Before: a step counter checked at the top ('20 calls max', one step = one call)")
+    print("Before: '20 calls max' as a counter checked once per top-level step")
     CALLS_MADE.update(provider=0, crm=0)
-    unlimited = ag.BudgetPool(name="unguarded")  # counts, limits nothing
-    with unlimited:
-        steps = run_agent(tickets[:2], step_budget=20)
+    with ag.BudgetPool(name="unguarded"):  # counts everything, limits nothing
+        steps = run_agent(tickets, step_budget=20)
     made = CALLS_MADE["provider"] + CALLS_MADE["crm"]
-    print(f"  top-level steps counted: {steps}; calls that reached the provider and CRM: {made}")
-    print(f"  (each step fans out into {made // steps} innermost calls; 20 steps would make "
-          f"{made // steps * 20})")
-
+    print(f"  the counter saw {steps} steps (of 20 allowed): all green")
+    crm, model = CALLS_MADE["crm"], CALLS_MADE["provider"]
+    print(f"  calls that reached the provider and the CRM: {made} ({crm} CRM, {model} model):")
+    print(f"  {made / 20:.1f}x what '20 calls max' promised")
     print("\nAfter: one BudgetPool(tool_calls=20) charged at every innermost call")
     CALLS_MADE.update(provider=0, crm=0)
     pool = ag.BudgetPool(tool_calls=20, llm_calls=20, cost_usd=0.05, name="ticket-triage")

@@ -15,7 +15,13 @@ HERE = Path(__file__).resolve().parent
 
 # (file, title): each file has a main() that prints its story.
 SECTIONS: list[tuple[str, str]] = [
+    ("empty_output_job.py", "1. Exit 0, empty output"),
+    ("bypass_expiry.py", "2. The 'just this once' bypass that becomes permanent"),
     ("budget_leak.py", "3. Budget leaks through agent loops"),
+    ("bad_arguments.py", "4. Tool arguments that are valid JSON and nonsense"),
+    ("cascade.py", "6. The cascade: a swallowed error surfaces far away"),
+    ("raw_sdk.py", "Integration: every raw OpenAI / Anthropic SDK call charged (ag.instrument)"),
+    ("langgraph_agent.py", "Integrations: a LangChain / LangGraph agent, stopped and corrected"),
 ]
 
 

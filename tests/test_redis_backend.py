@@ -337,6 +337,8 @@ def test_loop_guard_still_applies_on_a_redis_pool(backend: Callable[..., ag.Redi
         search("same")
         with pytest.raises(ag.LoopDetected):
             search("same")
+        with pytest.raises(ag.BudgetExceeded, match="stopped since an earlier refusal"):
+            search("different")  # the stop is sticky on a Redis-backed pool too
 
 
 # -- fail closed ---------------------------------------------------------------------------

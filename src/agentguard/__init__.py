@@ -5,11 +5,14 @@ Every name a user needs is re-exported here; the logic lives in one module per c
 
 from __future__ import annotations
 
+from . import checks, store, validators
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
 from .backends import RedisBackend
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
+from .bypasses import Bypass, bypass, load_bypasses
 from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
+from .contracts import contract
 from .errors import (
     AgentGuardError,
     ArgumentProblem,
@@ -21,18 +24,24 @@ from .errors import (
     ContentAnomaly,
     ContractViolation,
     CorrectionsExhausted,
+    LookupFailed,
     LoopDetected,
     NoActivePool,
     RetriesExhausted,
+    StoreError,
     ToolArgumentError,
     UnknownPrice,
 )
+from .instrument import instrument, instrumented, uninstrument
+from .tool_messages import tool_error_message, tool_schema
 from .usage import Price, Usage, genai_price, read_usage
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "checks",
+    "store",
     # budget
     "BudgetPool",
     "Reservation",
@@ -47,11 +56,24 @@ __all__ = [
     "record_usage",
     "current_call",
     "CallInfo",
+    # validation and contracts
+    "validators",
+    "contract",
+    "tool_error_message",
+    "tool_schema",
+    # SDK instrumentation
+    "instrument",
+    "uninstrument",
+    "instrumented",
     # usage and price
     "Usage",
     "Price",
     "read_usage",
     "genai_price",
+    # bypasses
+    "bypass",
+    "Bypass",
+    "load_bypasses",
     # configuration and alerts
     "configure",
     "configure_route",
@@ -72,8 +94,14 @@ __all__ = [
     "ArgumentProblem",
     "ToolArgumentError",
     "CorrectionsExhausted",
+    "LookupFailed",
     "ContractViolation",
     "ContentAnomaly",
     "RetriesExhausted",
     "BypassError",
+    "StoreError",
 ]
+
+from .store import _configure_from_env
+
+_configure_from_env()

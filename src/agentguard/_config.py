@@ -57,6 +57,7 @@ class Config:
     clock: Clock = field(default_factory=Clock)
     store: Any = None  # agentguard.store.Store | None; set by configure(store=...)
     store_configured: bool = False
+    bypass_max_days: int = 30
     backend: Any = None  # default backend of pools given key=/window= (ag.RedisBackend)
 
 
@@ -80,6 +81,7 @@ def configure(
     usage_extractors: tuple[UsageExtractor, ...] | list[UsageExtractor] = _UNSET,
     clock: Clock = _UNSET,
     store: Any = _UNSET,
+    bypass_max_days: int = _UNSET,
     backend: Any = _UNSET,
 ) -> None:
     """Set process-wide options; only the arguments given change.
@@ -95,6 +97,7 @@ def configure(
     - `usage_extractors`: extra callables tried first to read usage from a response.
     - `clock`: a `Clock` (tests inject a controllable one).
     - `store`: a `Store`, a path to a SQLite file, or None to keep no store.
+    - `bypass_max_days`: how far ahead a bypass may expire (default 30, at most 365).
     - `backend`: the backend (e.g. `ag.RedisBackend(url)`) of pools created with `key=` or
       `window=` and no `backend=`.
     """
@@ -130,10 +133,26 @@ def configure(
 
             changes["store"] = open_store(store) if store is not None else None
             changes["store_configured"] = True
+        if bypass_max_days is not _UNSET:
+            changes["bypass_max_days"] = _check_bypass_days(bypass_max_days, "configure")
         if backend is not _UNSET:
             changes["backend"] = backend
         for key, value in changes.items():
             setattr(_config, key, value)
+
+
+MAX_BYPASS_DAYS = 365
+"""The ceiling of `bypass_max_days`: no setting makes a bypass last longer than a year."""
+
+
+def _check_bypass_days(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BYPASS_DAYS:
+        raise ConfigurationError(
+            f"{where}: bypass_max_days expects a whole number of days from 1 to "
+            f"{MAX_BYPASS_DAYS}, got {value!r}. Fix: pass e.g. bypass_max_days=30; a bypass "
+            f"that must last longer is renewed with a new entry, never made permanent."
+        )
+    return value
 
 
 def configure_route(

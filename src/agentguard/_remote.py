@@ -392,8 +392,10 @@ def _local_admit(
     with pool._lock:
         for p in pool._chain:
             # A Redis-backed pool's stop flag and limits are checked by the script, in chain
-            # order with its other Redis-backed pools (so the same pool refuses as in memory).
-            if p._stopped is not None and p.backend is None:
+            # order with its other Redis-backed pools (so the same pool refuses as in memory);
+            # only its process-local stops (the loop guard) are checked here.
+            stop = p._stopped
+            if stop is not None and (p.backend is None or isinstance(stop, LoopDetected)):
                 err = pool._already_stopped(p, route, function)
                 break
             if p._has_deadline and now > cast(float, p._deadline):
@@ -761,8 +763,10 @@ def remote_tool(
         loop_key ^= hash(tool)
         err: LoopDetected | None = None
         with pool._lock:
-            counts = pool._loop_counts
-            n = counts.get(loop_key, 0) + 1
+            loop = pool._loop
+            cur = loop.cur
+            mine = cur.get(loop_key, 0) + 1
+            n = mine + loop.prev.get(loop_key, 0)
             if n > loop_limit:
                 err = LoopDetected(
                     pool=pool.name,
@@ -778,16 +782,12 @@ def remote_tool(
                     (_now(), pool, route, "tool", {}, "refused", None, ("loop",), None)
                 )
             else:
-                recent = pool._loop_recent
-                if len(recent) == recent.maxlen:
-                    old = recent[0]
-                    left = counts[old] - 1
-                    if left:
-                        counts[old] = left
-                    else:
-                        del counts[old]
-                recent.append(loop_key)
-                counts[loop_key] = n
+                cur[loop_key] = mine
+                loop.n += 1
+                if loop.n >= loop.half:
+                    loop.prev = cur
+                    loop.cur = {}
+                    loop.n = 0
         if err is not None:
             pool._after_stop(pool, err)
             raise err

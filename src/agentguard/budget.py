@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from typing_extensions import ParamSpec, Self
 from . import _config
 from ._redact import describe_args
 from .alerts import Alert, emit_alert
+from .bypasses import Bypass, alert_expired, lookup_bypass, record_bypass_use
 from .errors import (
     BudgetExceeded,
     ConfigurationError,
@@ -76,12 +78,31 @@ _ids = itertools.count(1)
 # Listeners (the store, dead letters): called outside the lock, never inside the hot path.
 _stop_listeners: list[Callable[[BudgetPool, BudgetExceeded, BudgetPool], None]] = []
 _close_listeners: list[Callable[[BudgetPool, BaseException | None], None]] = []
+_created_listeners: list[Callable[[BudgetPool], None]] = []
+"""Called at the end of `BudgetPool.__init__` (the store tracks pools whose rows to flush)."""
 
 _TOOL_CHARGE: Mapping[str, float] = {"tool_calls": 1}
 _EPOCH_OFFSET = time.time() - time.perf_counter()
 _now = time.perf_counter
 """Ledger rows store `perf_counter()` (one cheap clock read); `ts` adds `_EPOCH_OFFSET`."""
 _LLM_CHARGE: Mapping[str, float] = {"llm_calls": 1}
+
+
+class _LoopWindow:
+    """Identical-call counts over the last `window` tool calls of a run (two half buckets).
+
+    A key's count is its count in the current half plus the previous half, so every call in
+    the last `window / 2` calls is always counted, and none older than `window` calls is.
+    Memory is bounded by `window` keys whatever the run's length.
+    """
+
+    __slots__ = ("cur", "half", "n", "prev")
+
+    def __init__(self, window: int) -> None:
+        self.cur: dict[int, int] = {}
+        self.prev: dict[int, int] = {}
+        self.n = 0
+        self.half = max(1, window // 2)
 
 
 def _first(item: tuple[str, Any]) -> str:
@@ -123,6 +144,7 @@ class PoolSnapshot:
     stopped: bool
     stop_reason: str | None
     children: tuple[PoolSnapshot, ...] = field(default_factory=tuple)
+    stopped_by: str | None = None
 
     def render(self, indent: str = "") -> str:
         """A readable tree: one line per pool, limited dimensions as spent/limit."""
@@ -135,10 +157,15 @@ class PoolSnapshot:
             for dim, v in self.spent.items()
             if dim not in self.limits and v and dim != "wall_seconds"
         ]
-        state = "STOPPED" if self.stopped else "ok"
+        if not self.stopped:
+            state = "ok"
+        elif self.stopped_by and self.stopped_by != self.name:
+            state = f"STOPPED by {self.stopped_by!r}"
+        else:
+            state = "STOPPED"
         line = f"{indent}{self.name} [{state}] " + ", ".join(parts + counted)
         lines = [line.rstrip()]
-        if self.stop_reason and self.stopped:
+        if self.stop_reason and self.stopped and self.stopped_by == self.name:
             lines.append(f"{indent}  stopped: {self.stop_reason.split('. ')[0]}")
         for child in self.children:
             lines.append(child.render(indent + "  "))
@@ -273,7 +300,9 @@ class BudgetPool:
             self._spent[dim] = 0.0
             self._reserved[dim] = 0.0
         self._warn_marks: dict[str, float] = (
-            {dim: limit * warn_at for dim, limit in limits.items()} if warn_at else {}
+            {dim: limit * warn_at for dim, limit in limits.items() if limit > 0}
+            if warn_at
+            else {}
         )
         self._stopped: BudgetExceeded | None = None
         self._children: list[BudgetPool] = []
@@ -288,9 +317,9 @@ class BudgetPool:
         self.run_id: str = uuid.uuid4().hex[:16]
         self.path = self.name
         self._ledger: list[tuple[Any, ...]] = []
-        self._loop_counts: dict[int, int] = {}
-        self._loop_recent: deque[int] = deque(maxlen=loop_window)
+        self._loop = _LoopWindow(loop_window)
         self.provenance: dict[str, deque[Any]] = {}
+        self._corrections: dict[str, int] = {}  # per tool, on the root (argument guard)
         self._started = _config.get_config().clock.monotonic()
         self._deadline: float | None = (
             self._started + self._wall_limit if self._wall_limit is not None else None
@@ -300,6 +329,21 @@ class BudgetPool:
         self._remote = backend is not None
         self._tool_limit: float | None = limits.get("tool_calls")
         self._tool_warn: float | None = self._warn_marks.get("tool_calls")
+        self._update_gate()
+        if _created_listeners:
+            for listener in list(_created_listeners):
+                listener(self)
+
+    def _update_gate(self) -> None:
+        """Recompute the fast-path gate: the tool-call count below which nothing can happen
+        (no refusal, no warn alert) for a lone in-memory pool without a deadline."""
+        gate = math.inf
+        if self._tool_limit is not None:
+            gate = self._tool_limit + 1 - 1e-9  # used <= limit passes
+        if self._tool_warn is not None:
+            gate = min(gate, self._tool_warn)
+        self._tool_gate = gate
+        self._simple = self._parent is None and not self._remote and not self._chain_deadline
 
     @staticmethod
     def _check_limit(dim: str, value: Any) -> float:
@@ -354,11 +398,14 @@ class BudgetPool:
             self.run_id = root.run_id
             self.path = f"{parent.path}/{self.name}"
             self._ledger = root._ledger
-            self._loop_counts = root._loop_counts
-            self._loop_recent = root._loop_recent
+            self._loop = root._loop
             self.provenance = root.provenance
             self._chain_deadline = any(p._wall_limit is not None for p in self._chain)
             self._remote = any(p.backend is not None for p in self._chain)
+            self._update_gate()
+            for dim in parent._spent:
+                self._spent.setdefault(dim, 0.0)
+                self._reserved.setdefault(dim, 0.0)
             if self._loop_limit_given is _INHERIT:
                 self._loop_limit = parent._loop_limit
             parent._children.append(self)
@@ -493,6 +540,7 @@ class BudgetPool:
         with self._lock:
             children = tuple(self._children)
         stop = self.stop_error
+        stopped_by = next((p.name for p in self._chain if p._stopped is not None), None)
         return PoolSnapshot(
             name=self.name,
             path=self.path,
@@ -504,6 +552,7 @@ class BudgetPool:
             stopped=stop is not None,
             stop_reason=str(stop) if stop is not None else None,
             children=tuple(c.snapshot() for c in children),
+            stopped_by=stopped_by,
         )
 
     def tree(self) -> str:
@@ -606,9 +655,37 @@ class BudgetPool:
             except TypeError:  # unhashable arguments (dicts, lists): hash their repr instead
                 loop_key = hash((repr(args), repr(sorted(kwargs.items(), key=_first))))
             loop_key ^= hash(tool)
+        if self._simple:
+            # Fast path: a lone in-memory pool with no deadline, well inside its limit and its
+            # warn mark, and (when guarded) a loop count below the limit. Anything else takes
+            # the general path below, which re-checks everything under the lock.
+            lock = self._lock
+            lock.acquire()
+            spent = self._spent
+            used = spent["tool_calls"] + 1
+            if self._stopped is None and used + self._reserved["tool_calls"] < self._tool_gate:
+                if loop_limit is None:
+                    spent["tool_calls"] = used
+                    lock.release()
+                    return
+                loop = self._loop
+                cur = loop.cur
+                mine = cur.get(loop_key, 0) + 1
+                if mine + loop.prev.get(loop_key, 0) <= loop_limit:
+                    spent["tool_calls"] = used
+                    cur[loop_key] = mine
+                    loop.n += 1
+                    if loop.n >= loop.half:
+                        loop.prev = cur
+                        loop.cur = {}
+                        loop.n = 0
+                    lock.release()
+                    return
+            lock.release()
         err: BudgetExceeded | None = None
         stopped: BudgetPool | None = None
         warns: list[tuple[BudgetPool, str]] | None = None
+        bypasses: list[_BypassNote] | None = None
         now = _config._config.clock.monotonic() if self._chain_deadline else 0.0
         chain = self._chain
         lock = self._lock
@@ -619,18 +696,26 @@ class BudgetPool:
                     err = self._already_stopped(p, route, tool)
                     break
                 if p._has_deadline and now > p._deadline:  # type: ignore[operator]
+                    bypasses = _limit_bypass(p, "wall_seconds", now - p._started, bypasses)
+                    if _let_through(bypasses, p):
+                        continue  # one use per pool and call: the bypass covers its limits
                     err, stopped = self._wall_refusal(p, now, route, tool), p
                     break
                 limit = p._tool_limit
                 if limit is not None and (
                     p._spent["tool_calls"] + p._reserved["tool_calls"] + 1 > limit + _EPS
                 ):
-                    err, stopped = self._refusal(p, "tool_calls", 1, route, tool), p
-                    break
+                    used = p._spent["tool_calls"] + p._reserved["tool_calls"] + 1
+                    bypasses = _limit_bypass(p, "tool_calls", used, bypasses)
+                    if not _let_through(bypasses, p):
+                        err, stopped = self._refusal(p, "tool_calls", 1, route, tool), p
+                        break
             else:
                 if loop_limit is not None:
-                    counts = self._loop_counts
-                    n = counts.get(loop_key, 0) + 1
+                    loop = self._loop
+                    cur = loop.cur
+                    mine = cur.get(loop_key, 0) + 1
+                    n = mine + loop.prev.get(loop_key, 0)
                     if n > loop_limit:
                         err = LoopDetected(
                             pool=self.name,
@@ -642,16 +727,12 @@ class BudgetPool:
                         )
                         stopped = self
                     else:
-                        recent = self._loop_recent
-                        if len(recent) == recent.maxlen:
-                            old = recent[0]
-                            left = counts[old] - 1
-                            if left:
-                                counts[old] = left
-                            else:
-                                del counts[old]
-                        recent.append(loop_key)
-                        counts[loop_key] = n
+                        cur[loop_key] = mine
+                        loop.n += 1
+                        if loop.n >= loop.half:
+                            loop.prev = cur
+                            loop.cur = {}
+                            loop.n = 0
                 if err is None:
                     for p in chain:
                         spent = p._spent
@@ -661,6 +742,7 @@ class BudgetPool:
                         if mark is not None and used + p._reserved["tool_calls"] >= mark:
                             p._tool_warn = None
                             p._warn_marks.pop("tool_calls", None)
+                            p._update_gate()
                             warns = warns or []
                             warns.append((p, "tool_calls"))
                     if not self._charged:
@@ -673,6 +755,8 @@ class BudgetPool:
                 )
         finally:
             lock.release()
+        if bypasses:
+            _report_bypasses(bypasses, route, tool)
         if err is not None:
             if stopped is not None:
                 self._after_stop(stopped, err)
@@ -697,6 +781,7 @@ class BudgetPool:
         err: BudgetExceeded | None = None
         stopped: BudgetPool | None = None
         warns: list[tuple[BudgetPool, str]] | None = None
+        bypasses: list[_BypassNote] | None = None
         now = _config._config.clock.monotonic() if self._chain_deadline else 0.0
         with self._lock:
             for p in self._chain:
@@ -704,6 +789,9 @@ class BudgetPool:
                     err = self._already_stopped(p, route, function)
                     break
                 if p._has_deadline and now > cast(float, p._deadline):
+                    bypasses = _limit_bypass(p, "wall_seconds", now - p._started, bypasses)
+                    if _let_through(bypasses, p):
+                        continue  # one use per pool and call: the bypass covers its limits
                     err, stopped = self._wall_refusal(p, now, route, function), p
                     break
                 limits = p.limits
@@ -715,6 +803,10 @@ class BudgetPool:
                         continue
                     need = charge.get(dim, 0.0) + reserve.get(dim, 0.0)
                     if p._spent[dim] + p._reserved[dim] + need > limit + _EPS:
+                        used = p._spent[dim] + p._reserved[dim] + need
+                        bypasses = _limit_bypass(p, dim, used, bypasses)
+                        if _let_through(bypasses, p):
+                            break  # one use per pool and call; the pool's other limits too
                         err, stopped = self._refusal(p, dim, need, route, function), p
                         break
                 if err is not None:
@@ -732,6 +824,7 @@ class BudgetPool:
                                 del p._warn_marks[dim]
                                 if dim == "tool_calls":
                                     p._tool_warn = None
+                                    p._update_gate()
                                 warns = warns or []
                                 warns.append((p, dim))
                 self._charged = True
@@ -742,6 +835,8 @@ class BudgetPool:
                 self._ledger.append(
                     (_now(), self, route, kind, {}, "refused", None, (err.dimension,), None)
                 )
+        if bypasses:
+            _report_bypasses(bypasses, route, function)
         if err is not None:
             if stopped is not None:
                 self._after_stop(stopped, err)
@@ -749,6 +844,22 @@ class BudgetPool:
         if warns:
             self._emit_warns(warns, route)
         return Reservation(self, dict(charge), dict(reserve), route, function, kind)
+
+    def _tool_row(
+        self,
+        route: str | None,
+        started: float,
+        outcome: str,
+        duration: float | None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The ledger row of a tool call charged with `_charge_tool` (for adapters).
+
+        `started` is a `time.perf_counter()` reading taken when the tool started.
+        """
+        self._ledger.append(
+            (started, self, route, "tool", _TOOL_CHARGE, outcome, duration, (), detail)
+        )
 
     def _unknown_dimension(self, dim: str) -> None:
         declared = sorted({d for p in self._chain for d in p.custom_dimensions})
@@ -764,6 +875,7 @@ class BudgetPool:
         """Return the reservation and charge `actual` (may overrun: the pool then stops)."""
         over: list[tuple[BudgetPool, str]] = []
         warns: list[tuple[BudgetPool, str]] | None = None
+        bypasses: list[_BypassNote] | None = None
         for dim in actual:
             if dim not in self._spent:
                 self._unknown_dimension(dim)
@@ -781,11 +893,16 @@ class BudgetPool:
                         del p._warn_marks[dim]
                         if dim == "tool_calls":
                             p._tool_warn = None
+                            p._update_gate()
                         warns = warns or []
                         warns.append((p, dim))
             first_err: tuple[BudgetPool, BudgetExceeded] | None = None
             for p, dim in over:
                 if p._stopped is None:
+                    used = p._spent[dim] + p._reserved[dim]
+                    bypasses = _limit_bypass(p, dim, used, bypasses, verb="stopped the pool at")
+                    if _let_through(bypasses, p):
+                        continue
                     err = BudgetExceeded(
                         f"budget pool {p.name!r} overran its {dim} limit of "
                         f"{_num(p.limits[dim])}: the call from route {reservation.route!r} "
@@ -806,6 +923,8 @@ class BudgetPool:
                     )
                     p._stopped = err
                     first_err = first_err or (p, err)
+        if bypasses:
+            _report_bypasses(bypasses, reservation.route, reservation.function)
         if first_err is not None:
             emit_alert(
                 Alert(
@@ -888,6 +1007,59 @@ class BudgetPool:
         )
         for listener in list(_stop_listeners):
             listener(stopped, err, self)
+
+    def _stop_for(
+        self,
+        cause: BaseException,
+        guard_id: str,
+        *,
+        dimension: str,
+        limit: float | None,
+        spent: float,
+        route: str | None,
+        function: str | None,
+        alert_kind: str,
+    ) -> BudgetExceeded:
+        """Stop this pool because a non-budget guard gave up (e.g. `CorrectionsExhausted`).
+
+        Recorded like a budget refusal: the pool is stopped (every later charge on it or a
+        descendant is refused), a `refused` ledger row is written, `alert_kind` fires, the
+        refusal metric and the stop listeners run. Returns the `BudgetExceeded` recorded as
+        the stop (its `__cause__` is `cause`); the caller raises `cause` itself.
+        """
+        err = BudgetExceeded(
+            f"budget pool {self.name!r} was stopped by guard {guard_id!r}: {cause}",
+            pool=self.name,
+            dimension=dimension,
+            limit=limit,
+            spent=spent,
+            requested=1.0,
+            route=route,
+            function=function,
+        )
+        err.__cause__ = cause
+        with self._lock:
+            first = self._stopped is None
+            if first:
+                self._stopped = err
+            self._ledger.append(
+                (_now(), self, route, "tool", {}, "refused", None, (dimension,), None)
+            )
+        if first:
+            emit_alert(
+                Alert(
+                    kind=alert_kind,
+                    message=str(cause),
+                    guard_id=guard_id,
+                    pool=self.name,
+                    route=route,
+                    run_id=self.run_id,
+                    severity="error",
+                    data={"dimension": dimension, "limit": limit, "spent": spent},
+                )
+            )
+            self._after_stop(self, err, alert=False)
+        return err
 
     def reserve(
         self, *, route: str | None = None, function: str | None = None, **amounts: float
@@ -1067,6 +1239,59 @@ class Reservation:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_BypassNote = tuple[Bypass, str, "BudgetPool", "str | None"]
+"""(entry, guard id, pool, what the guard would have done; None: the entry just expired)."""
+
+
+def _limit_bypass(
+    p: BudgetPool,
+    dim: str,
+    used: float,
+    notes: list[_BypassNote] | None,
+    verb: str = "refused",
+) -> list[_BypassNote] | None:
+    """Slow path, under the pool lock: look up a bypass of `budget:<pool>` for a refusal.
+
+    Queues the use (or the first hit after the entry expired) for `_report_bypasses`, which
+    runs after the lock is released. Returns the (possibly new) notes list.
+    """
+    guard_id = f"budget:{p.name}"
+    active, expired = lookup_bypass(guard_id)
+    if active is None and expired is None:
+        return notes
+    notes = notes if notes is not None else []
+    if active is None:
+        notes.append((cast(Bypass, expired), guard_id, p, None))
+        return notes
+    limit = p._wall_limit if dim == "wall_seconds" else p.limits.get(dim)
+    unit = " s" if dim == "wall_seconds" else ""
+    notes.append(
+        (
+            active,
+            guard_id,
+            p,
+            f"would have {verb} {dim} {_num(used)}{unit} > {_num(limit or 0.0)}{unit}",
+        )
+    )
+    return notes
+
+
+def _let_through(notes: list[_BypassNote] | None, p: BudgetPool) -> bool:
+    """True when the last note is an active bypass of pool `p` (just queued)."""
+    return bool(notes) and notes[-1][2] is p and notes[-1][3] is not None  # type: ignore[index]
+
+
+def _report_bypasses(notes: list[_BypassNote], route: str | None, function: str | None) -> None:
+    """Outside the lock: record each bypass use, or alert on the first hit after expiry."""
+    for entry, guard_id, p, would_have in notes:
+        if would_have is None:
+            alert_expired(entry, guard_id, pool=p.name, route=route)
+        else:
+            record_bypass_use(
+                entry, guard_id, would_have, pool=p.name, route=route, function=function
+            )
 
 
 def _materialize(raw: tuple[Any, ...]) -> LedgerRow:

@@ -41,7 +41,29 @@ _UNSET: Any = object()
 
 _get_pool = _current.get
 _call_listeners: list[Callable[[CallInfo], None]] = []
-"""Called after each guarded call finishes (the store's history and outlier alerts)."""
+"""Called after each guarded call finishes (instrumentation; costs every tool call)."""
+_llm_listeners: list[Callable[[CallInfo], None]] = []
+"""Called after each LLM call's usage is settled (`_finish_llm`: the decorator, `ag.instrument`
+and the LangChain adapter): the store's cost-outlier watch. Tool calls pay nothing for it."""
+
+_tool_names: set[str] = set()
+"""Names of every `@tool_call` function (its tool name and its `__name__`): adapters that
+only see a tool's name (LangChain callbacks) leave these to the decorator, which charges them."""
+
+class ToolClaim:
+    """An adapter charged one call of `tool` before its body (the LangChain callback handler):
+    the first `@tool_call` wrapper of that name inside the body takes the claim and skips its
+    own charge, so the call is charged once. Everything else (validation, row, span) stays."""
+
+    __slots__ = ("taken", "tool")
+
+    def __init__(self, tool: str) -> None:
+        self.tool = tool
+        self.taken = False
+
+
+_tool_claim: ContextVar[ToolClaim | None] = ContextVar("agentguard_tool_claim", default=None)
+_get_claim = _tool_claim.get
 
 _provenance_sources: set[str] = set()
 """Tool names whose outputs some `Verbatim` validator may need; only these are recorded."""
@@ -204,7 +226,16 @@ def tool_call(
         rte = route or tool
         fixed_loop = loop_limit is not _UNSET
         guard = compile_arguments(func, tool=tool, route=rte, max_corrections=max_corrections)
-        meta = {"kind": "tool", "name": tool, "route": rte}
+        meta = {"kind": "tool", "name": tool, "route": rte, "max_corrections": max_corrections}
+        names = frozenset((tool, func.__name__))
+
+        def precharged() -> bool:
+            claim = _get_claim()
+            if claim is None or claim.taken or claim.tool not in names:
+                return False
+            claim.taken = True
+            return True
+        _tool_names.update((tool, func.__name__))
 
         def after(pool: BudgetPool, result: Any) -> None:
             if tool in _provenance_sources:
@@ -238,9 +269,10 @@ def tool_call(
                 pool = _get_pool() or _resolve("tool", rte, tool)
                 if guard is not None:
                     args, kwargs = await guard.acheck(pool, args, kwargs)
-                pool._charge_tool(
-                    tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
-                )
+                if _get_claim() is None or not precharged():
+                    pool._charge_tool(
+                        tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
+                    )
                 span = _tool_span(tool, rte, pool) if _tracing() else None
                 t0 = perf_counter()
                 try:
@@ -266,9 +298,10 @@ def tool_call(
             pool = _get_pool() or _resolve("tool", rte, tool)
             if guard is not None:
                 args, kwargs = guard.check(pool, args, kwargs)
-            pool._charge_tool(
-                tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
-            )
+            if _get_claim() is None or not precharged():
+                pool._charge_tool(
+                    tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
+                )
             span = _tool_span(tool, rte, pool) if _tracing() else None
             t0 = perf_counter()
             try:
@@ -309,7 +342,12 @@ def _notify(info: CallInfo) -> None:
         listener(info)
 
 
-def _tool_span(tool: str, route: str, pool: BudgetPool) -> Any:
+def _notify_llm(info: CallInfo) -> None:
+    for listener in list(_llm_listeners):
+        listener(info)
+
+
+def _tool_span(tool: str, route: str, pool: BudgetPool, start_time: int | None = None) -> Any:
     tracer = telemetry.get_tracer()
     span = tracer.start_span(
         telemetry.SPAN_EXECUTE_TOOL.format(tool=tool),
@@ -320,6 +358,7 @@ def _tool_span(tool: str, route: str, pool: BudgetPool) -> Any:
             telemetry.ATTR.POOL: pool.name,
             telemetry.ATTR.RUN_ID: pool.run_id,
         },
+        start_time=start_time,
     )
     return span
 
@@ -365,7 +404,10 @@ def _plan(
             out = value
             break
     if out is None:
-        out = s.max_tokens or (rs.max_tokens if rs else None) or cfg.default_max_tokens
+        if s.max_tokens is not None:  # 0 is meaningful: an embeddings call has no output
+            out = s.max_tokens
+        else:
+            out = (rs.max_tokens if rs else None) or cfg.default_max_tokens
     inp = s.input_tokens or (rs.input_tokens if rs else None)
     if inp is None:
         inp = _estimate_text_tokens(args) + _estimate_text_tokens(dict(kwargs))
@@ -396,6 +438,12 @@ def _plan(
     return reserve, model, estimate
 
 
+_FIX_DECORATED = (
+    "Fix: return the provider's response, call ag.record_usage(...) in the body, or pass "
+    "usage=<extractor> to @ag.llm_call"
+)
+
+
 def _finish_llm(
     s: _LLMSettings,
     info: CallInfo,
@@ -403,10 +451,19 @@ def _finish_llm(
     reserve: dict[str, float],
     model: str | None,
     estimate: Usage,
+    *,
+    source: str | None = None,
+    fix: str = _FIX_DECORATED,
+    outcome: str = "ok",
 ) -> None:
+    """Settle one LLM call from its usage (or its estimate, flagged, when unreadable).
+
+    `source` describes where usage was looked for and `fix` how to make it readable (both
+    for the warning); the instrumented SDKs pass their own (a stream without a usage chunk).
+    """
     cfg = _config.get_config()
     usage = info.usage
-    if usage is None:
+    if usage is None and source is None:
         extractors = (s.usage, *cfg.usage_extractors) if s.usage else cfg.usage_extractors
         usage = read_usage(result, extractors)
     flags: list[str] = []
@@ -415,11 +472,11 @@ def _finish_llm(
         _warn_once(
             s.route,
             "usage",
-            f"agentguard: could not read token usage from the result of LLM call {s.name!r} "
-            f"(route {s.route!r}, a {type(result).__name__}); the reserved estimate "
+            f"agentguard: could not read token usage from "
+            f"{source or f'the result of LLM call {s.name!r}, a {type(result).__name__}'} "
+            f"(route {s.route!r}); the reserved estimate "
             f"({int(reserve['input_tokens'])} input + {int(reserve['output_tokens'])} output "
-            f"tokens) is charged instead of zero. Fix: return the provider's response, call "
-            f"ag.record_usage(...) in the body, or pass usage=<extractor> to @ag.llm_call",
+            f"tokens) is charged instead of zero. {fix}",
         )
         telemetry.counter(telemetry.METRIC.USAGE_UNKNOWN).add(1, {telemetry.ATTR.ROUTE: s.route})
         usage = estimate
@@ -442,8 +499,10 @@ def _finish_llm(
     info.flags = tuple(flags)
     detail = {"model": used_model} if used_model else None
     assert info.reservation is not None
-    info.reservation.settle(actual, outcome="ok", flags=info.flags, detail=detail)
-    info.outcome = "ok"
+    info.reservation.settle(actual, outcome=outcome, flags=info.flags, detail=detail)
+    info.outcome = outcome
+    if _llm_listeners:  # every settled LLM call: the decorator, ag.instrument, LangChain
+        _notify_llm(info)
 
 
 @overload
@@ -506,7 +565,9 @@ def llm_call(
 
         def finish(info: CallInfo, result: Any, t0: float, span: Any) -> None:
             info.duration = perf_counter() - t0
-            _finish_llm(s, info, result, info.extra["reserve"], info.model, info.extra["estimate"])
+            _finish_llm(
+                s, info, result, info.extra["reserve"], info.model, info.extra["estimate"]
+            )
             _llm_telemetry(info, span)
             if _call_listeners:
                 _notify(info)
@@ -581,7 +642,7 @@ def _llm_span(s: _LLMSettings, pool: BudgetPool, model: str | None) -> Any:
     )
 
 
-def _llm_telemetry(info: CallInfo, span: Any) -> None:
+def _llm_telemetry(info: CallInfo, span: Any, operation: str = "chat") -> None:
     usage = info.usage
     if span is not None:
         if usage is not None:
@@ -598,10 +659,12 @@ def _llm_telemetry(info: CallInfo, span: Any) -> None:
         span.end()
     if usage is not None and "usage_unknown" not in info.flags and telemetry.metrics_enabled():
         hist = telemetry.histogram(telemetry.METRIC.TOKEN_USAGE, unit="{token}")
-        base = {telemetry.ATTR.GEN_AI_OPERATION_NAME: "chat", telemetry.ATTR.ROUTE: info.route}
+        base = {telemetry.ATTR.GEN_AI_OPERATION_NAME: operation, telemetry.ATTR.ROUTE: info.route}
         if info.model:
             base[telemetry.ATTR.GEN_AI_REQUEST_MODEL] = info.model
         hist.record(usage.input_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "input"})
-        hist.record(usage.output_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "output"})
+        hist.record(
+            usage.output_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "output"}
+        )
         if info.cost_usd is not None:
             telemetry.histogram(telemetry.METRIC.COST, unit="USD").record(info.cost_usd, base)

@@ -1,12 +1,25 @@
-"""The `agentguard` command: run / history / audit / bypasses / dead-letters / guards."""
+"""The `agentguard` command: run / history / audit / bypasses / dead-letters / guards.
+
+Each group of subcommands lives in a private `_cli_*` module exposing `register(subparsers)`;
+a subcommand sets `handler(args) -> int` (the exit code) with `set_defaults`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _cli_bypasses, _cli_reports, _cli_run
 
 __all__ = ["main"]
+
+REGISTRATIONS: list[Callable[[Any], None]] = [
+    _cli_run.register,
+    _cli_reports.register,
+    _cli_bypasses.register,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="agentguard",
         description="Guardrails for LLM agents: scheduled-job checks, audits and reports.",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in REGISTRATIONS:
+        register(subparsers)
     return parser
 
 
@@ -24,4 +39,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)

@@ -15,6 +15,7 @@ AgentGuardError
 │   └── NoActivePool            a guarded call with no pool to charge
 ├── ToolArgumentError           the model sent arguments that are valid JSON and nonsense
 ├── CorrectionsExhausted        the model did not fix its arguments within the allowed rounds
+├── LookupFailed                a `Resolves` lookup raised: infrastructure, not the model's fault
 ├── ContractViolation           a function returned None / the wrong shape / an empty result
 ├── ContentAnomaly              an output looks wrong (empty, too short, error text, ...)
 ├── RetriesExhausted            every attempt failed; carries each attempt's outcome
@@ -43,10 +44,12 @@ __all__ = [
     "ArgumentProblem",
     "ToolArgumentError",
     "CorrectionsExhausted",
+    "LookupFailed",
     "ContractViolation",
     "ContentAnomaly",
     "RetriesExhausted",
     "BypassError",
+    "StoreError",
     "TERMINAL_ERRORS",
 ]
 
@@ -324,6 +327,23 @@ class CorrectionsExhausted(AgentGuardError):
         )
 
 
+class LookupFailed(AgentGuardError):
+    """A `Resolves` lookup raised (or could not run): an infrastructure error, not a model error.
+
+    The model is not asked to correct anything: its argument may be fine, the lookup is not.
+    The lookup's own exception is attached as `__cause__`. Not counted as a correction round.
+    """
+
+    def __init__(
+        self, message: str, *, tool: str | None, argument: str, what: str, lookup: str
+    ) -> None:
+        super().__init__(message)
+        self.tool = tool
+        self.argument = argument
+        self.what = what
+        self.lookup = lookup
+
+
 class ContractViolation(AgentGuardError):
     """A function returned something its contract forbids, named at the producer."""
 
@@ -373,6 +393,10 @@ class RetriesExhausted(AgentGuardError):
 
 class BypassError(ConfigurationError):
     """A bypass entry is missing its owner, reason or expiry, or is malformed."""
+
+
+class StoreError(AgentGuardError):
+    """The run store cannot be opened, read or written (path, permissions, schema, disk)."""
 
 
 TERMINAL_ERRORS: tuple[type[BaseException], ...] = (

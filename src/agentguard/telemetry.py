@@ -16,6 +16,9 @@ __all__ = [
     "INSTRUMENTATION_NAME",
     "SPAN_EXECUTE_TOOL",
     "SPAN_CHAT",
+    "SPAN_INFERENCE",
+    "EVENT_BYPASS_USED",
+    "EVENT_BYPASS_EXPIRED",
     "ATTR",
     "METRIC",
     "tracing_enabled",
@@ -31,6 +34,12 @@ SPAN_EXECUTE_TOOL = "execute_tool {tool}"
 """GenAI semantic conventions: tool execution span (INTERNAL)."""
 SPAN_CHAT = "chat {model}"
 """GenAI semantic conventions: inference span `{gen_ai.operation.name} {gen_ai.request.model}`."""
+SPAN_INFERENCE = "{operation} {model}"
+"""The same, for any operation (`chat`, `embeddings`, `text_completion`): `ag.instrument()`."""
+EVENT_BYPASS_USED = "agentguard.bypass.used"
+"""Span event on the current span each time a bypass lets a call through."""
+EVENT_BYPASS_EXPIRED = "agentguard.bypass.expired"
+"""Span event on the current span at the first hit of a guard after its bypass expired."""
 
 
 class ATTR:
@@ -58,8 +67,18 @@ class ATTR:
     USAGE_UNKNOWN = "agentguard.usage.unknown"
     ATTEMPT = "agentguard.retry.attempt"
     RESEND_COUNT = "http.request.resend_count"
+    INSTRUMENTED = "agentguard.instrumented"  # true on a span ag.instrument() charged
     WAIT_SECONDS = "agentguard.retry.wait_seconds"
     OWNER = "agentguard.bypass.owner"
+    FUNCTION = "agentguard.function"  # the producer named by a contract
+    BYPASS_ENTRY = "agentguard.bypass.entry"  # the entry's guard id or pattern
+    BYPASS_REASON = "agentguard.bypass.reason"
+    BYPASS_TICKET = "agentguard.bypass.ticket"
+    BYPASS_EXPIRES = "agentguard.bypass.expires"  # ISO 8601, UTC
+    BYPASS_WOULD_HAVE = "agentguard.bypass.would_have"  # what the guard would have done
+    CHECK = "agentguard.check"
+    JOB = "agentguard.job"
+    STATUS = "agentguard.status"
 
 
 class METRIC:
@@ -72,6 +91,7 @@ class METRIC:
     ALERTS = "agentguard.alerts"  # counter: alerts by kind
     ALERT_HOOK_FAILURES = "agentguard.alert_hook.failures"  # counter
     USAGE_UNKNOWN = "agentguard.usage.unknown"  # counter: LLM calls whose usage was unreadable
+    SDK_RETRIES = "agentguard.sdk.retries"  # counter: SDK-level retry attempts charged, by route
     TOKEN_USAGE = "gen_ai.client.token.usage"  # histogram {token}
     COST = "agentguard.cost"  # histogram, USD per call
     CORRECTIONS = "agentguard.tool.corrections"  # counter: rejected tool-argument rounds
@@ -81,6 +101,8 @@ class METRIC:
     RETRY_CALLS_RETRIED = "agentguard.retry.calls_retried"  # counter by route
     RETRY_DURATION = "agentguard.retry.duration"  # histogram, s, after retries and backoff
     BYPASS_USED = "agentguard.bypass.used"  # counter by guard id, owner
+    STORE_ERRORS = "agentguard.store.errors"  # counter: store writes/reads that failed
+    JOB_RUNS = "agentguard.job.runs"  # counter: `agentguard run` verdicts by job, status
 
 
 _SLOW: Any = object()
@@ -91,24 +113,7 @@ _histograms: dict[str, Any] = {}
 
 # Buckets for durations that include retries and backoff: reach 30 minutes (cron jobs too).
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    20,
-    40,
-    60,
-    120,
-    300,
-    600,
-    1800,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600, 1800,
 )
 
 
