@@ -9,6 +9,7 @@ import pytest
 
 import agentguard as ag
 from agentguard import _config, alerts, bypasses
+from tests.redis_server import own_redis, redis_prefix, redis_server, redis_url  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

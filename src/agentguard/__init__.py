@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import checks, store, validators, wait
 from ._config import Clock, configure, configure_route, get_config
 from .alerts import Alert, on_alert, remove_alert_hook
+from .backends import RedisBackend
 from .budget import BudgetPool, LedgerRow, PoolSnapshot, Reservation, charge, current_pool
 from .bypasses import Bypass, bypass, load_bypasses
 from .calls import CallInfo, current_call, llm_call, record_usage, tool_call
@@ -62,6 +63,7 @@ __all__ = [
     "PoolSnapshot",
     "current_pool",
     "charge",
+    "RedisBackend",
     # calls
     "llm_call",
     "tool_call",

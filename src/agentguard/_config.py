@@ -58,6 +58,7 @@ class Config:
     store: Any = None  # agentguard.store.Store | None; set by configure(store=...)
     store_configured: bool = False
     bypass_max_days: int = 30
+    backend: Any = None  # default backend of pools given key=/window= (ag.RedisBackend)
 
 
 _lock = threading.Lock()
@@ -81,6 +82,7 @@ def configure(
     clock: Clock = _UNSET,
     store: Any = _UNSET,
     bypass_max_days: int = _UNSET,
+    backend: Any = _UNSET,
 ) -> None:
     """Set process-wide options; only the arguments given change.
 
@@ -96,6 +98,8 @@ def configure(
     - `clock`: a `Clock` (tests inject a controllable one).
     - `store`: a `Store`, a path to a SQLite file, or None to keep no store.
     - `bypass_max_days`: how far ahead a bypass may expire (default 30, at most 365).
+    - `backend`: the backend (e.g. `ag.RedisBackend(url)`) of pools created with `key=` or
+      `window=` and no `backend=`.
     """
     with _lock:
         changes: dict[str, Any] = {}
@@ -131,6 +135,8 @@ def configure(
             changes["store_configured"] = True
         if bypass_max_days is not _UNSET:
             changes["bypass_max_days"] = _check_bypass_days(bypass_max_days, "configure")
+        if backend is not _UNSET:
+            changes["backend"] = backend
         for key, value in changes.items():
             setattr(_config, key, value)
 

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec, Self
@@ -196,7 +197,12 @@ class BudgetPool:
             the last `loop_window` tool calls of the run; None disables the loop guard.
             Children inherit their parent's setting unless given one.
         backend: a distributed backend (e.g. `ag.RedisBackend(...)`); None keeps the pool in
-            this process's memory.
+            this process's memory (or uses `ag.configure(backend=...)` when `key` is given).
+        key: the shared pool's key in the backend (instead of `RedisBackend(key=...)`), so one
+            backend can serve many pools, e.g. `key=f"tenant:{tenant}"`.
+        window: with a backend, a budget per time window (`"1d"`, `"1h"`, seconds or a
+            timedelta), aligned to the UTC epoch: each window has its own key, so nothing
+            resets at midnight; every run of that key spends from the current window.
     """
 
     def __init__(
@@ -215,9 +221,32 @@ class BudgetPool:
         loop_limit: int | None = _INHERIT,
         loop_window: int = DEFAULT_LOOP_WINDOW,
         backend: Any = None,
+        key: str | None = None,
+        window: str | float | timedelta | None = None,
     ) -> None:
         self.id = next(_ids)
         self.name = name or f"pool-{self.id}"
+        if (key is not None or window is not None) and backend is None:
+            backend = _config.get_config().backend
+            if backend is None:
+                raise ConfigurationError(
+                    f"BudgetPool {self.name!r}: key={key!r} / window={window!r} name a pool "
+                    f"shared through a backend, and none is given. Fix: pass "
+                    f"backend=ag.RedisBackend(url), or set one for the process with "
+                    f"ag.configure(backend=ag.RedisBackend(url))."
+                )
+        backend_key = getattr(backend, "key", None)
+        if key is not None and backend_key is not None and key != backend_key:
+            raise ConfigurationError(
+                f"BudgetPool {self.name!r}: key={key!r} differs from the backend's "
+                f"key={backend_key!r}. Fix: give the key in one place."
+            )
+        self.key: str | None = key
+        self.window: float | None = None
+        if window is not None:
+            from .backends.redis import parse_window
+
+            self.window = parse_window(window, pool=self.name)
         limits: dict[str, float] = {}
         given = {
             "llm_calls": llm_calls,
@@ -615,7 +644,9 @@ class BudgetPool:
     ) -> None:
         """Hot path: one tool call, loop guard included. Raises; never returns a refusal."""
         if self._remote:
-            self._remote_admit(_TOOL_CHARGE, {}, route, tool)
+            from ._remote import remote_tool
+
+            remote_tool(self, tool, route, args, kwargs, loop_limit)
             return
         loop_key = 0
         if loop_limit is not None:
@@ -1054,6 +1085,27 @@ class BudgetPool:
         reservation = self._admit(amounts, {}, route, function, "charge")
         reservation.settle({}, duration=time.perf_counter() - t0)
 
+    async def acharge(
+        self, *, route: str | None = None, function: str | None = None, **amounts: float
+    ) -> None:
+        """`charge()` for async code: a Redis-backed pool awaits its asyncio client."""
+        if not self._remote:
+            self.charge(route=route, function=function, **amounts)
+            return
+        from ._remote import aremote_charge
+
+        await aremote_charge(self, amounts, route, function)
+
+    async def areserve(
+        self, *, route: str | None = None, function: str | None = None, **amounts: float
+    ) -> Reservation:
+        """`reserve()` for async code: a Redis-backed pool awaits its asyncio client."""
+        if not self._remote:
+            return self.reserve(route=route, function=function, **amounts)
+        from ._remote import aremote_admit
+
+        return await aremote_admit(self, {}, amounts, route, function, "reserve")
+
 
 class Reservation:
     """Amounts charged and reserved for one call in flight; settle or release it once.
@@ -1151,6 +1203,36 @@ class Reservation:
                 detail,
             )
         )
+
+    async def asettle(
+        self,
+        actual: Mapping[str, float],
+        *,
+        outcome: str = "ok",
+        flags: tuple[str, ...] = (),
+        detail: Mapping[str, Any] | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """`settle()` for async code: a Redis-backed pool awaits its asyncio client."""
+        if not self.pool._remote:
+            self.settle(actual, outcome=outcome, flags=flags, detail=detail, duration=duration)
+            return
+        from ._remote import aremote_settle
+
+        await aremote_settle(
+            self, actual, outcome=outcome, flags=flags, detail=detail, duration=duration
+        )
+
+    async def arelease(
+        self, *, outcome: str = "error", detail: Mapping[str, Any] | None = None
+    ) -> None:
+        """`release()` for async code: a Redis-backed pool awaits its asyncio client."""
+        if not self.pool._remote:
+            self.release(outcome=outcome, detail=detail)
+            return
+        from ._remote import aremote_release
+
+        await aremote_release(self, outcome=outcome, detail=detail)
 
     def __enter__(self) -> Reservation:
         return self
@@ -1271,5 +1353,3 @@ def _iter_tree(pool: BudgetPool) -> Iterator[BudgetPool]:
     yield pool
     for child in pool.children:
         yield from _iter_tree(child)
-
-

@@ -95,6 +95,8 @@ class METRIC:
 
     CALLS = "agentguard.calls"  # counter: guarded calls by kind, route, outcome
     REFUSALS = "agentguard.budget.refusals"  # counter: refused charges by pool, dimension
+    BUDGET_UNAVAILABLE = "agentguard.budget.unavailable"  # counter: backend could not answer
+    LEASE_RECLAIMS = "agentguard.budget.lease_reclaims"  # counter: reservations reclaimed
     ALERTS = "agentguard.alerts"  # counter: alerts by kind
     ALERT_HOOK_FAILURES = "agentguard.alert_hook.failures"  # counter
     USAGE_UNKNOWN = "agentguard.usage.unknown"  # counter: LLM calls whose usage was unreadable
