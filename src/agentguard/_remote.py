@@ -54,8 +54,33 @@ _TOKEN = f"{os.urandom(6).hex()}.{os.getpid():x}."
 
 
 def _new_token() -> None:
-    global _TOKEN
+    global _TOKEN, _slot_ids
     _TOKEN = f"{os.urandom(6).hex()}.{os.getpid():x}."
+    _free_slots.clear()  # a forked child must never reuse its parent's slots
+    _slot_ids = itertools.count()
+
+
+_SLOTS = 32
+"""Idempotency slots per process (see fast.lua); more concurrent charges use charge.lua."""
+_free_slots: list[list[Any]] = []
+_slot_ids = itertools.count()
+
+
+def _take_slot() -> list[Any] | None:
+    """A free idempotency slot [field, last sequence], or None when all are in use.
+
+    Thread- and task-safe without a lock: list.pop/append are atomic, and a slot carries one
+    charge at a time, so its sequence numbers reach Redis in order.
+    """
+    try:
+        return _free_slots.pop()
+    except IndexError:
+        i = next(_slot_ids)
+        if i >= _SLOTS:
+            return None
+        field = f"q:{_TOKEN}{i:x}"
+        raw = field.encode()
+        return [field, 0, b"$%d\r\n%s\r\n" % (len(raw), raw)]
 
 
 if hasattr(os, "register_at_fork"):
@@ -115,14 +140,19 @@ class _Plan:
 
     __slots__ = (
         "backend",
+        "fast_keys",
+        "fixed",
         "head",
         "lease",
+        "lease_key",
+        "packed",
         "refresh_at",
         "reg_keys",
         "remote",
         "spec_keep",
         "spec_refresh",
         "top",
+        "top_dims",
         "ttls",
         "windowed",
         "windows",
@@ -161,6 +191,51 @@ class _Plan:
         self.spec_refresh = self.head + "".join(f" {t}:-" for t in self.ttls)
         self.spec_keep = self.head + " 0:-" * len(self.ttls)
         self.refresh_at = 0.0  # when this process next refreshes the keys' TTL
+        self.lease_key = self.top + ":lease"
+        self.fast_keys = [self.lease_key, *reg_keys]
+        self.top_dims: tuple[str, ...] = tuple(remote[-1]._spent)
+        # fast.lua's fixed arguments of a tool call, packed once per (route, function, keys)
+        self.packed: dict[tuple[str | None, str | None, tuple[str, ...]], bytes] = {}
+        self.fixed: dict[tuple[str | None, str | None, tuple[str, ...]], list[Any]] = {}
+
+    def fast_fixed(
+        self,
+        pool: BudgetPool,
+        charge: Mapping[str, float],
+        route: str | None,
+        function: str | None,
+        keys: list[str],
+    ) -> list[Any]:
+        """fast.lua's command up to (not including) the slot, sequence and time arguments."""
+        from .backends.redis import FAST
+
+        dims = list(charge)
+        fixed: list[Any] = ["EVALSHA", FAST.sha, len(keys), *keys]
+        fixed.append(f"{route or ''}\t{function or ''}\t{pool.name}")
+        extra = [f"r:{d}" for d in self.top_dims if d not in charge]
+        fixed.append(len(dims))
+        fixed.append(len(extra))
+        fixed += [repr(float(charge[d])) for d in dims]
+        fixed += extra
+        fixed += ["c", "stop", "warn"]
+        for d in dims:
+            fixed += [f"l:{d}", f"s:{d}", f"r:{d}", f"w:{d}"]
+        return fixed
+
+    def tool_fixed(
+        self, pool: BudgetPool, route: str | None, function: str | None, keys: list[str]
+    ) -> tuple[list[Any], bytes]:
+        """`fast_fixed` of a tool call, cached with its packed bytes."""
+        ck = (route, function, tuple(keys) if self.windowed else ())
+        fixed = self.fixed.get(ck)
+        if fixed is None:
+            fixed = self.fast_fixed(pool, _TOOL_CHARGE, route, function, keys)
+            if len(self.fixed) >= 256:
+                self.fixed.clear()
+                self.packed.clear()
+            self.fixed[ck] = fixed
+            self.packed[ck] = _pack_head(fixed, 3)
+        return fixed, self.packed[ck]
 
     def state_keys(self, now: float) -> list[str]:
         if not self.windowed:
@@ -665,20 +740,64 @@ def _admitted(
 # -- admit -----------------------------------------------------------------------------------
 
 
-def _prepare_admit(
-    pool: BudgetPool,
+def _pack_head(parts: list[Any], more: int) -> bytes:
+    """RESP bytes of a command's first arguments, `more` arguments still to come."""
+    out = [b"*%d\r\n" % (len(parts) + more)]
+    for part in parts:
+        raw = part if isinstance(part, bytes) else str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+def _fast_keys(plan: _Plan, now: float) -> list[str]:
+    return plan.fast_keys if not plan.windowed else [plan.lease_key, *plan.state_keys(now)]
+
+
+def _fast_args(
     plan: _Plan,
+    pool: BudgetPool,
     charge: Mapping[str, float],
-    reserve: Mapping[str, float],
     route: str | None,
     function: str | None,
-    kind: str,
-) -> tuple[list[tuple[BudgetPool, str]] | None, str, list[str], list[Any], list[str]]:
-    _check_dims(pool, itertools.chain(charge, reserve))
-    warns = _local_admit(pool, charge, reserve, route, function, kind)
-    rid = "new" if any(reserve.values()) else ""
-    keys, args, skeys, rid = plan.build("a", pool, charge, reserve, rid, route, function, None)
-    return warns, rid, keys, args, skeys
+    now: float,
+    slot: list[Any],
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of fast.lua (the slot's next sequence number is taken here)."""
+    keys = _fast_keys(plan, now)
+    if charge is _TOOL_CHARGE:
+        fixed = plan.tool_fixed(pool, route, function, keys)[0]
+    else:
+        fixed = plan.fast_fixed(pool, charge, route, function, keys)
+    slot[1] += 1
+    return keys, [*fixed[3 + len(keys) :], slot[0], slot[1], repr(now)]
+
+
+def _fast_packed(
+    plan: _Plan,
+    pool: BudgetPool,
+    charge: Mapping[str, float],
+    route: str | None,
+    function: str | None,
+    now: float,
+    slot: list[Any],
+) -> tuple[list[str], bytes]:
+    """fast.lua's whole EVALSHA command as RESP bytes (a tool call: cached but for 3 args)."""
+    keys = _fast_keys(plan, now)
+    if charge is _TOOL_CHARGE:
+        head = plan.tool_fixed(pool, route, function, keys)[1]
+    else:
+        head = _pack_head(plan.fast_fixed(pool, charge, route, function, keys), 3)
+    slot[1] += 1
+    seq = b"%d" % slot[1]
+    at = repr(now).encode()
+    return keys, b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        head,
+        slot[2],
+        len(seq),
+        seq,
+        len(at),
+        at,
+    )
 
 
 def remote_admit(
@@ -693,17 +812,81 @@ def remote_admit(
 
     Raises `BudgetExceeded` (the refusing pool stops, in Redis too) or `BudgetUnavailable`.
     """
-    plan = _plan(pool)
-    warns, rid, keys, args, skeys = _prepare_admit(
-        pool, plan, charge, reserve, route, function, kind
-    )
+    plan = _plans.get(pool) or _plan(pool)
+    reply, warns, rid, skeys = _admit_io(pool, plan, charge, reserve, route, function, kind)
+    return _admitted(pool, plan, reply, charge, reserve, route, function, kind, rid, skeys, warns)
+
+
+def _admit_io(
+    pool: BudgetPool,
+    plan: _Plan,
+    charge: Mapping[str, float],
+    reserve: Mapping[str, float],
+    route: str | None,
+    function: str | None,
+    kind: str,
+) -> tuple[Any, list[tuple[BudgetPool, str]] | None, str, list[str]]:
+    """The local step, then fast.lua (a plain charge) or charge.lua; rolls back on failure."""
+    if charge is not _TOOL_CHARGE:
+        _check_dims(pool, itertools.chain(charge, reserve))
+    warns = _local_admit(pool, charge, reserve, route, function, kind)
+    backend = plan.backend
     try:
-        reply = plan.backend.run(_charge_script(), keys, args, pool.name)
+        if not reserve:
+            now = _wall_now()
+            slot = _take_slot() if now < plan.refresh_at else None
+            if slot is not None:
+                keys, data = _fast_packed(plan, pool, charge, route, function, now, slot)
+                try:
+                    reply = backend.run_packed(_script(1), data, pool.name, keys[1])
+                finally:
+                    _free_slots.append(slot)
+                if reply != "slow":
+                    return reply, warns, "", keys[1:]
+        rid = "new" if any(reserve.values()) else ""
+        keys, args, skeys, rid = plan.build("a", pool, charge, reserve, rid, route, function, None)
+        reply = backend.run(_script(0), keys, args, pool.name)
     except BudgetUnavailable as exc:
         _local_rollback(pool, charge, reserve)
         _unavailable(pool, kind, route, exc)
         raise
-    return _admitted(pool, plan, reply, charge, reserve, route, function, kind, rid, skeys, warns)
+    return reply, warns, rid, skeys
+
+
+async def _aadmit_io(
+    pool: BudgetPool,
+    plan: _Plan,
+    charge: Mapping[str, float],
+    reserve: Mapping[str, float],
+    route: str | None,
+    function: str | None,
+    kind: str,
+) -> tuple[Any, list[tuple[BudgetPool, str]] | None, str, list[str]]:
+    """`_admit_io` on the asyncio client."""
+    if charge is not _TOOL_CHARGE:
+        _check_dims(pool, itertools.chain(charge, reserve))
+    warns = _local_admit(pool, charge, reserve, route, function, kind)
+    backend = plan.backend
+    try:
+        if not reserve:
+            now = _wall_now()
+            slot = _take_slot() if now < plan.refresh_at else None
+            if slot is not None:
+                keys, args = _fast_args(plan, pool, charge, route, function, now, slot)
+                try:
+                    reply = await backend.arun(_script(1), keys, args, pool.name)
+                finally:
+                    _free_slots.append(slot)
+                if reply != "slow":
+                    return reply, warns, "", keys[1:]
+        rid = "new" if any(reserve.values()) else ""
+        keys, args, skeys, rid = plan.build("a", pool, charge, reserve, rid, route, function, None)
+        reply = await backend.arun(_script(0), keys, args, pool.name)
+    except BudgetUnavailable as exc:
+        _local_rollback(pool, charge, reserve)
+        _unavailable(pool, kind, route, exc)
+        raise
+    return reply, warns, rid, skeys
 
 
 async def aremote_admit(
@@ -715,16 +898,8 @@ async def aremote_admit(
     kind: str,
 ) -> Reservation:
     """`remote_admit` on the asyncio client (the event loop is never blocked)."""
-    plan = await _aplan(pool)
-    warns, rid, keys, args, skeys = _prepare_admit(
-        pool, plan, charge, reserve, route, function, kind
-    )
-    try:
-        reply = await plan.backend.arun(_charge_script(), keys, args, pool.name)
-    except BudgetUnavailable as exc:
-        _local_rollback(pool, charge, reserve)
-        _unavailable(pool, kind, route, exc)
-        raise
+    plan = _plans.get(pool) or await _aplan(pool)
+    reply, warns, rid, skeys = await _aadmit_io(pool, plan, charge, reserve, route, function, kind)
     return _admitted(pool, plan, reply, charge, reserve, route, function, kind, rid, skeys, warns)
 
 
@@ -791,7 +966,10 @@ def remote_tool(
         if err is not None:
             pool._after_stop(pool, err)
             raise err
-    remote_admit(pool, _TOOL_CHARGE, {}, route, tool, "tool")
+    plan = _plans.get(pool) or _plan(pool)
+    reply, warns, rid, skeys = _admit_io(pool, plan, _TOOL_CHARGE, {}, route, tool, "tool")
+    if reply != "ok" or warns:
+        _admitted(pool, plan, reply, _TOOL_CHARGE, {}, route, tool, "tool", rid, skeys, warns)
 
 
 # -- settle and release ----------------------------------------------------------------------
@@ -1018,13 +1196,17 @@ async def aremote_release(
     )
 
 
-_CHARGE: Any = None
+_SCRIPTS: list[Any] = []
+
+
+def _script(i: int) -> Any:
+    """charge.lua (0) or fast.lua (1), imported on first use."""
+    if not _SCRIPTS:
+        from .backends.redis import CHARGE, FAST
+
+        _SCRIPTS[:] = [CHARGE, FAST]
+    return _SCRIPTS[i]
 
 
 def _charge_script() -> Any:
-    global _CHARGE
-    if _CHARGE is None:
-        from .backends.redis import CHARGE
-
-        _CHARGE = CHARGE
-    return _CHARGE
+    return _script(0)

@@ -50,6 +50,7 @@ _tool_names: set[str] = set()
 """Names of every `@tool_call` function (its tool name and its `__name__`): adapters that
 only see a tool's name (LangChain callbacks) leave these to the decorator, which charges them."""
 
+
 class ToolClaim:
     """An adapter charged one call of `tool` before its body (the LangChain callback handler):
     the first `@tool_call` wrapper of that name inside the body takes the claim and skips its
@@ -235,6 +236,7 @@ def tool_call(
                 return False
             claim.taken = True
             return True
+
         _tool_names.update((tool, func.__name__))
 
         def after(pool: BudgetPool, result: Any) -> None:
@@ -565,9 +567,7 @@ def llm_call(
 
         def finish(info: CallInfo, result: Any, t0: float, span: Any) -> None:
             info.duration = perf_counter() - t0
-            _finish_llm(
-                s, info, result, info.extra["reserve"], info.model, info.extra["estimate"]
-            )
+            _finish_llm(s, info, result, info.extra["reserve"], info.model, info.extra["estimate"])
             _llm_telemetry(info, span)
             if _call_listeners:
                 _notify(info)
@@ -663,8 +663,6 @@ def _llm_telemetry(info: CallInfo, span: Any, operation: str = "chat") -> None:
         if info.model:
             base[telemetry.ATTR.GEN_AI_REQUEST_MODEL] = info.model
         hist.record(usage.input_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "input"})
-        hist.record(
-            usage.output_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "output"}
-        )
+        hist.record(usage.output_tokens or 0, {**base, telemetry.ATTR.GEN_AI_TOKEN_TYPE: "output"})
         if info.cost_usd is not None:
             telemetry.histogram(telemetry.METRIC.COST, unit="USD").record(info.cost_usd, base)

@@ -428,9 +428,7 @@ def _reset_stats() -> None:
                         setattr(stats, key, value)
 
 
-def _rate_alert(
-    policy: _Policy, n: int, retried: int, extra: int, reasons: Counter[str]
-) -> Alert:
+def _rate_alert(policy: _Policy, n: int, retried: int, extra: int, reasons: Counter[str]) -> Alert:
     route = policy.route
     rate = retried / n
     dominant, count = reasons.most_common(1)[0] if reasons else ("unknown", 0)
@@ -461,7 +459,9 @@ def _rate_alert(
 # -- the policy of one decorator or loop --------------------------------------------------------
 
 
-def _normalize_on(on: OnSpec | Iterable[type[Exception]] | None, where: str) -> tuple[
+def _normalize_on(
+    on: OnSpec | Iterable[type[Exception]] | None, where: str
+) -> tuple[
     tuple[type[Exception], ...], tuple[type[Exception], ...], Callable[[Exception], bool] | None
 ]:
     if on is None:
@@ -652,9 +652,7 @@ class _Policy:
         `CheckError`, never an anomaly of the output."""
         assert self.check is not None
         try:
-            return run_checks(
-                self.check, value, route=self.route, duration=duration, report=False
-            )
+            return run_checks(self.check, value, route=self.route, duration=duration, report=False)
         except Exception as err:
             name = _culprit(self.check, err)
             raise CheckError(
@@ -843,9 +841,7 @@ class _Call:
             span.end()
         if telemetry.metrics_enabled():
             policy = self.policy
-            telemetry.counter(telemetry.METRIC.RETRY_ATTEMPTS).add(
-                1, policy.attempt_attrs[outcome]
-            )
+            telemetry.counter(telemetry.METRIC.RETRY_ATTEMPTS).add(1, policy.attempt_attrs[outcome])
 
     def elapsed(self) -> float:
         return self.clock.monotonic() - self.attempt_t0
@@ -887,8 +883,9 @@ class _Call:
         if telemetry.metrics_enabled():  # a retried anomaly: the metric, no alert
             anomalies = telemetry.counter(telemetry.METRIC.ANOMALIES)
             for a in verdict.anomalies:
-                anomalies.add(1, {telemetry.ATTR.ROUTE: self.policy.route,
-                                  telemetry.ATTR.CHECK: a.check})
+                anomalies.add(
+                    1, {telemetry.ATTR.ROUTE: self.policy.route, telemetry.ATTR.CHECK: a.check}
+                )
         return wait
 
     def exception(self, exc: BaseException) -> float | None:
@@ -970,13 +967,13 @@ class _Call:
             f"retry_budget={policy.retry_budget:g}, minimum {policy.retry_budget_min})"
         )
         if telemetry.metrics_enabled():
-            telemetry.counter(telemetry.METRIC.RETRY_BUDGET_EXHAUSTED).add(
-                1, policy.retried_attrs
-            )
+            telemetry.counter(telemetry.METRIC.RETRY_BUDGET_EXHAUSTED).add(1, policy.retried_attrs)
         entry = active_bypass(policy.guard_id)
         if entry is not None:
             record_bypass_use(
-                entry, policy.guard_id, would_have=f"would have stopped retrying: {detail}",
+                entry,
+                policy.guard_id,
+                would_have=f"would have stopped retrying: {detail}",
                 route=policy.route,
             )
             return
@@ -1066,16 +1063,15 @@ class _Call:
             detail["stop"] = stop
         if error_type is not None:
             detail["error.type"] = error_type
-        record_event("retry", outcome=outcome, route=policy.route, guard_id=policy.guard_id,
-                     detail=detail)
+        record_event(
+            "retry", outcome=outcome, route=policy.route, guard_id=policy.guard_id, detail=detail
+        )
         if telemetry.metrics_enabled():
             telemetry.histogram(
                 telemetry.METRIC.RETRY_DURATION, buckets=telemetry.DURATION_BUCKETS
             ).record(total, policy.call_attrs[outcome])
             if attempts > 1:
-                telemetry.counter(telemetry.METRIC.RETRY_CALLS_RETRIED).add(
-                    1, policy.retried_attrs
-                )
+                telemetry.counter(telemetry.METRIC.RETRY_CALLS_RETRIED).add(1, policy.retried_attrs)
         span = self.span
         if span is not None:
             if self.attempt_span is not None:  # interrupted inside an attempt we never ended
@@ -1335,9 +1331,7 @@ def retry(
                         _traced_ok(traced)
                     finish_ok(duration)
                     return result
-                checked = _first_checked(
-                    policy, func, args, kwargs, t0, result, duration, traced
-                )
+                checked = _first_checked(policy, func, args, kwargs, t0, result, duration, traced)
                 if checked is None:
                     return result
                 call, wait = checked, checked.wait_before
@@ -1571,7 +1565,10 @@ def _row_fields(row: Any) -> tuple[Any, Any, Any, Any]:
     """(kind, route, outcome, detail) of a `LedgerRow`, a mapping, or a raw ledger tuple."""
     if isinstance(row, Mapping):
         kind, route, outcome, detail = (
-            row.get("kind"), row.get("route"), row.get("outcome"), row.get("detail")
+            row.get("kind"),
+            row.get("route"),
+            row.get("outcome"),
+            row.get("detail"),
         )
     elif hasattr(row, "kind"):
         kind, route, outcome, detail = row.kind, row.route, row.outcome, row.detail
@@ -1640,8 +1637,15 @@ def _fmt_s(value: float | None) -> str:
 
 
 _TABLE_HEADER = (
-    "route", "calls", "retried", "attempts/call", "failed",
-    "p50 first", "p50 after", "p99 first", "p99 after",
+    "route",
+    "calls",
+    "retried",
+    "attempts/call",
+    "failed",
+    "p50 first",
+    "p50 after",
+    "p99 first",
+    "p99 after",
 )
 
 
@@ -1690,9 +1694,8 @@ def audit_section(ctx: Any) -> Any:
     calls = sum(s.calls for s in stats.values())
     retried = sum(s.retried for s in stats.values())
     attempts = sum(s.attempts for s in stats.values())
-    summary = (
-        f"{calls} call(s) on {len(stats)} route(s), {retried} needed a retry"
-        + (f", {attempts / calls:.3f} attempts per call" if calls else "")
+    summary = f"{calls} call(s) on {len(stats)} route(s), {retried} needed a retry" + (
+        f", {attempts / calls:.3f} attempts per call" if calls else ""
     )
     return AuditSection(
         title="Retries (@ag.retry)",

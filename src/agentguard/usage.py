@@ -114,9 +114,11 @@ def _from_usage_block(block: Any, model: str | None, provider: str | None) -> Us
             provider = provider or "anthropic"
         details = _get(block, "input_tokens_details") or _get(block, "input_token_details")
         if details is not None:
-            cache_read = _int(_get(details, "cached_tokens")) or _int(
-                _get(details, "cache_read")
-            ) or cache_read
+            cache_read = (
+                _int(_get(details, "cached_tokens"))
+                or _int(_get(details, "cache_read"))
+                or cache_read
+            )
     total = _int(_get(block, "total_tokens"))
     return Usage(
         input_tokens=inp,

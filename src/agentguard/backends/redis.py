@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import re
 import threading
 import weakref
@@ -35,16 +36,31 @@ _WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 class _Script:
     """A Lua script shipped with agentguard, called by its SHA1 (EVALSHA)."""
 
-    __slots__ = ("name", "sha", "text")
+    __slots__ = ("load", "name", "sha", "text")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
         self.sha = hashlib.sha1(self.text.encode("utf-8")).hexdigest()
+        raw = self.text.encode("utf-8")
+        self.load = b"*3\r\n$6\r\nSCRIPT\r\n$4\r\nLOAD\r\n$%d\r\n%s\r\n" % (len(raw), raw)
+
+
+_FORKS = [0]
+"""Bumped in a forked child: connections made before the fork are never reused after it."""
+
+
+def _after_fork() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 CHARGE = _Script("charge.lua")
 OPEN = _Script("open.lua")
+FAST = _Script("fast.lua")
 
 
 def parse_window(window: str | float | timedelta, *, pool: str) -> float:
@@ -186,12 +202,14 @@ class RedisBackend:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self._conns: list[Any] = []  # idle connections of run_packed
+        self._fork = _FORKS[0]
 
     # -- pickling (multiprocessing hands a backend to a worker: it reconnects there) ----------
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("_client", "_given_async", "_async", "_lock"):
+        for name in ("_client", "_given_async", "_async", "_lock", "_conns"):
             state.pop(name, None)
         return state
 
@@ -201,6 +219,8 @@ class RedisBackend:
         self._given_async = None
         self._async = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._conns = []
+        self._fork = _FORKS[0]
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.where!r}, key={self.key!r}, prefix={self.prefix!r})"
@@ -276,6 +296,9 @@ class RedisBackend:
         """Close the synchronous client's connections (asyncio clients close with their loop)."""
         with self._lock:
             client, self._client = self._client, None
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.disconnect()
         if client is not None:
             client.close()
 
@@ -297,24 +320,73 @@ class RedisBackend:
 
     def run(self, script: _Script, keys: list[str], args: list[Any], pool: str) -> Any:
         """EVALSHA `script` (re-loading it on NOSCRIPT); Redis errors -> BudgetUnavailable."""
-        client = self._client or self.sync_client()
+        parts = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        out = [b"*%d\r\n" % len(parts)]
+        for part in parts:
+            raw = part if isinstance(part, bytes) else str(part).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+        return self.run_packed(script, b"".join(out), pool, keys[min(1, len(keys) - 1)])
+
+    def run_packed(self, script: _Script, data: bytes, pool: str, key: str) -> Any:
+        """`run` of an EVALSHA already packed as RESP bytes, on a connection of our own.
+
+        The hot path of a charge: no argument encoding, no connection-pool lock or
+        readiness poll (a connection goes back to the free list only after a complete
+        request and reply; any failure disconnects it). Thread-safe (list pop/append).
+        """
+        if self._fork != _FORKS[0]:
+            self._conns = []
+            self._fork = _FORKS[0]
+        conns = self._conns
         no_script, transient, redis_error = _errors()
-        execute: Any = client.execute_command
         last: BaseException | None = None
-        for _attempt in range(self.retries + 1):
+        loaded = False
+        attempt = 0
+        while attempt <= self.retries:
             try:
+                conn = conns.pop()
+            except IndexError:
+                conn = (self._client or self.sync_client()).connection_pool.make_connection()
+            try:
+                conn.send_packed_command((data,), check_health=False)
+                reply = conn.read_response()
+            except no_script as exc:
+                if loaded:
+                    conns.append(conn)
+                    raise self.unavailable(pool, key, exc) from exc
+                # Redis restarted or SCRIPT FLUSH: load it again and re-send once (same id).
+                loaded = True
                 try:
-                    return execute("EVALSHA", script.sha, len(keys), *keys, *args)
-                except no_script:
-                    # Redis restarted or SCRIPT FLUSH: load it again and retry once (same id).
-                    execute("SCRIPT", "LOAD", script.text)
-                    return execute("EVALSHA", script.sha, len(keys), *keys, *args)
+                    conn.send_packed_command((script.load,), check_health=False)
+                    conn.read_response()
+                except transient as exc2:
+                    conn.disconnect()
+                    conns.append(conn)
+                    last = exc2
+                    attempt += 1
+                    continue
+                except redis_error as exc2:
+                    conns.append(conn)
+                    raise self.unavailable(pool, key, exc2) from exc2
+                conns.append(conn)
+                continue
             except transient as exc:
+                conn.disconnect()
+                conns.append(conn)
                 last = exc
+                attempt += 1
+                continue
             except redis_error as exc:
-                raise self.unavailable(pool, keys[min(1, len(keys) - 1)], exc) from exc
+                conns.append(conn)  # an error reply: the connection is in sync
+                raise self.unavailable(pool, key, exc) from exc
+            except BaseException:
+                conn.disconnect()  # interrupted mid-command: the reply may still be unread
+                conns.append(conn)
+                raise
+            conns.append(conn)
+            return reply
         assert last is not None
-        raise self.unavailable(pool, keys[min(1, len(keys) - 1)], last) from last
+        raise self.unavailable(pool, key, last) from last
 
     async def arun(self, script: _Script, keys: list[str], args: list[Any], pool: str) -> Any:
         """`run` on the asyncio client of the running loop."""
