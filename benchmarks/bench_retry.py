@@ -78,9 +78,7 @@ def _sdk_rows(measure: Measure) -> list[tuple[str, float]]:
 
     rows = []
     for _ in range(3):  # interleaved, best of each: the two rows see the same machine load
-        rows.append(
-            (sdk(two_spans, 5_000), sdk(lambda: agr(1, 2, 3), 5_000))
-        )
+        rows.append((sdk(two_spans, 5_000), sdk(lambda: agr(1, 2, 3), 5_000)))
     return [
         ("two nested SDK spans, same attributes (reference)", min(r[0] for r in rows)),
         ("@ag.retry + SDK, in-memory exporter", min(r[1] for r in rows)),

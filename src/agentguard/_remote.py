@@ -195,8 +195,8 @@ class _Plan:
         self.fast_keys = [self.lease_key, *reg_keys]
         self.top_dims: tuple[str, ...] = tuple(remote[-1]._spent)
         # fast.lua's fixed arguments of a tool call, packed once per (route, function, keys)
-        self.packed: dict[tuple[str | None, str | None, tuple[str, ...]], bytes] = {}
-        self.fixed: dict[tuple[str | None, str | None, tuple[str, ...]], list[Any]] = {}
+        self.packed: dict[tuple[Any, ...], bytes] = {}
+        self.fixed: dict[tuple[Any, ...], list[Any]] = {}
 
     def fast_fixed(
         self,
@@ -215,27 +215,31 @@ class _Plan:
         extra = [f"r:{d}" for d in self.top_dims if d not in charge]
         fixed.append(len(dims))
         fixed.append(len(extra))
-        fixed += [repr(float(charge[d])) for d in dims]
         fixed += extra
         fixed += ["c", "stop", "warn"]
         for d in dims:
             fixed += [f"l:{d}", f"s:{d}", f"r:{d}", f"w:{d}"]
         return fixed
 
-    def tool_fixed(
-        self, pool: BudgetPool, route: str | None, function: str | None, keys: list[str]
+    def cached_fixed(
+        self,
+        pool: BudgetPool,
+        charge: Mapping[str, float],
+        route: str | None,
+        function: str | None,
+        keys: list[str],
     ) -> tuple[list[Any], bytes]:
-        """`fast_fixed` of a tool call, cached with its packed bytes."""
-        ck = (route, function, tuple(keys) if self.windowed else ())
-        fixed = self.fixed.get(ck)
-        if fixed is None:
-            fixed = self.fast_fixed(pool, _TOOL_CHARGE, route, function, keys)
+        """`fast_fixed`, cached per call site with its packed bytes (3 + nd args to come)."""
+        ck = (route, function, tuple(charge), tuple(keys) if self.windowed else ())
+        packed = self.packed.get(ck)
+        if packed is None:
+            fixed = self.fast_fixed(pool, charge, route, function, keys)
             if len(self.fixed) >= 256:
                 self.fixed.clear()
                 self.packed.clear()
             self.fixed[ck] = fixed
-            self.packed[ck] = _pack_head(fixed, 3)
-        return fixed, self.packed[ck]
+            packed = self.packed[ck] = _pack_head(fixed, 3 + len(charge))
+        return self.fixed[ck], packed
 
     def state_keys(self, now: float) -> list[str]:
         if not self.windowed:
@@ -764,12 +768,11 @@ def _fast_args(
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of fast.lua (the slot's next sequence number is taken here)."""
     keys = _fast_keys(plan, now)
-    if charge is _TOOL_CHARGE:
-        fixed = plan.tool_fixed(pool, route, function, keys)[0]
-    else:
-        fixed = plan.fast_fixed(pool, charge, route, function, keys)
+    fixed = plan.cached_fixed(pool, charge, route, function, keys)[0]
     slot[1] += 1
-    return keys, [*fixed[3 + len(keys) :], slot[0], slot[1], repr(now)]
+    args = [*fixed[3 + len(keys) :], slot[0], slot[1], repr(now)]
+    args += [repr(float(v)) for v in charge.values()]
+    return keys, args
 
 
 def _fast_packed(
@@ -783,21 +786,30 @@ def _fast_packed(
 ) -> tuple[list[str], bytes]:
     """fast.lua's whole EVALSHA command as RESP bytes (a tool call: cached but for 3 args)."""
     keys = _fast_keys(plan, now)
-    if charge is _TOOL_CHARGE:
-        head = plan.tool_fixed(pool, route, function, keys)[1]
-    else:
-        head = _pack_head(plan.fast_fixed(pool, charge, route, function, keys), 3)
+    head = plan.cached_fixed(pool, charge, route, function, keys)[1]
     slot[1] += 1
     seq = b"%d" % slot[1]
     at = repr(now).encode()
-    return keys, b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+    if charge is _TOOL_CHARGE:
+        tail = _TOOL_TAIL
+    else:
+        parts = []
+        for v in charge.values():
+            raw = repr(float(v)).encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+        tail = b"".join(parts)
+    return keys, b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
         head,
         slot[2],
         len(seq),
         seq,
         len(at),
         at,
+        tail,
     )
+
+
+_TOOL_TAIL = b"$3\r\n1.0\r\n"
 
 
 def remote_admit(

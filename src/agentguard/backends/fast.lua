@@ -13,16 +13,16 @@
 -- KEYS[1] the lease sorted set of the chain's top pool; KEYS[1 + i] state key of pool i
 --   (charged pool first)
 -- ARGV[1] info "route\tfunction\tpool", ARGV[2] nd (dimensions charged), ARGV[3] nx,
---   ARGV[4 .. 3 + nd] amounts,
 --   then nx fields "r:<dim>" of the top pool's other dimensions (any reservation there
 --   means a lease may be due),
 --   then the 3 + 4 nd fields: c stop warn, and per dimension l:<d> s:<d> r:<d> w:<d>,
---   then the slot field, the sequence number and now (unix s).
+--   then the slot field, the sequence number, now (unix s) and the nd amounts (the
+--   arguments before the slot field are the same for every charge of a call site).
 local EPS = 1e-9
 local np = #KEYS - 1
 local nd = tonumber(ARGV[2])
 local nx = tonumber(ARGV[3])
-local x0 = 4 + nd
+local x0 = 4
 local b0 = x0 + nx
 local nf = 3 + 4 * nd
 local q = b0 + nf
@@ -80,7 +80,7 @@ for i = 1, np do
       lim = tonumber(lim)
       local s = tonumber(v[o + 4 * j + 1] or '0')
       local r = tonumber(v[o + 4 * j + 2] or '0')
-      local a = tonumber(ARGV[3 + j])
+      local a = tonumber(ARGV[q + 2 + j])
       if s + r + a > lim + EPS then
         local dim = string.sub(ARGV[b0 + 4 * j - 1], 3)
         redis.call('HSET', KEYS[1 + i], 'stop', cjson.encode({
@@ -99,7 +99,7 @@ for i = 1, np do
   local o = off[i]
   local w = {}
   for j = 1, nd do
-    local a = tonumber(ARGV[3 + j])
+    local a = tonumber(ARGV[q + 2 + j])
     if a ~= 0 then
       local s = tonumber(v[o + 4 * j + 1] or '0') + a
       w[#w + 1] = ARGV[b0 + 4 * j]
