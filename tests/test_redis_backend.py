@@ -7,14 +7,14 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import redis
 
 import agentguard as ag
-from agentguard import _config, _remote
+from agentguard import _config, _remote, bypasses
 from agentguard.backends.redis import CHARGE
 from tests import redis_workers
 from tests.redis_server import RedisServer
@@ -560,3 +560,67 @@ def test_one_pool_costs_well_under_a_kilobyte_of_redis_memory(
         pool.charge(llm_calls=1, tool_calls=1, output_tokens=10, cost_usd=0.01)
     usage = admin.memory_usage(f"{b.prefix}run")
     assert usage is not None and usage < 1024
+
+
+# -- limit bypasses --------------------------------------------------------------------------
+
+
+def _bypass_entry(guard: str) -> None:
+    ag.bypass(
+        guard,
+        owner="ana@example.com",
+        reason="backfill run needs more tool calls",
+        expires=(date.today() + timedelta(days=7)).isoformat(),
+        ticket="OPS-9",
+    )
+
+
+def test_a_limit_bypass_lets_a_redis_pool_charge_through_without_stopping_it(
+    backend: Callable[..., ag.RedisBackend],
+) -> None:
+    b = backend(create=True)
+    _bypass_entry("budget:run")
+    with ag.BudgetPool(tool_calls=2, name="run", backend=b) as pool:
+
+        @ag.tool_call(loop_limit=None)
+        def lookup(q: str) -> str:
+            return q
+
+        for q in "abcd":
+            lookup(q)  # c and d are over the limit: the bypass lets them through
+        pool.charge(tool_calls=1)
+    state = b.state()
+    assert state.spent["tool_calls"] == 5
+    assert not state.stopped  # no other process sees a stop the bypass prevented
+    assert bypasses.use_counts() == {"budget:run": 3}
+    bypasses._reset_for_tests()  # the bypass is gone: the next charge is refused and stops
+    other = ag.BudgetPool(name="run", backend=backend())
+    with pytest.raises(ag.BudgetExceeded):
+        other.charge(tool_calls=1)
+    assert b.state().stopped
+
+
+def test_a_bypass_on_the_redis_parent_lets_its_redis_child_through(
+    backend: Callable[..., ag.RedisBackend],
+) -> None:
+    _bypass_entry("budget:root")
+    with ag.BudgetPool(tool_calls=2, name="root", backend=backend("root", create=True)):
+        with ag.BudgetPool(tool_calls=10, name="child", backend=backend("child", create=True)):
+            with ag.BudgetPool(name="leaf") as leaf:
+                for _ in range(4):
+                    leaf.charge(tool_calls=1)
+    assert backend("root").state().spent["tool_calls"] == 4
+    assert backend("child").state().spent["tool_calls"] == 4
+    assert bypasses.use_counts() == {"budget:root": 2}
+
+
+def test_a_bypass_of_another_pool_does_not_open_a_redis_pool(
+    backend: Callable[..., ag.RedisBackend],
+) -> None:
+    _bypass_entry("budget:other")
+    with ag.BudgetPool(tool_calls=1, name="run", backend=backend(create=True)) as pool:
+        pool.charge(tool_calls=1)
+        with pytest.raises(ag.BudgetExceeded):
+            pool.charge(tool_calls=1)
+    assert backend().state().stopped
+    assert bypasses.use_counts() == {}

@@ -28,9 +28,21 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _config
+from . import bypasses as _byp
 from ._redact import describe_args
 from .alerts import Alert, emit_alert
-from .budget import _EPS, _TOOL_CHARGE, BudgetPool, Reservation, _first, _now, _num
+from .budget import (
+    _EPS,
+    _TOOL_CHARGE,
+    BudgetPool,
+    Reservation,
+    _BypassNote,
+    _first,
+    _now,
+    _num,
+    _report_bypasses,
+)
+from .bypasses import lookup_bypass
 from .errors import BudgetExceeded, BudgetUnavailable, ConfigurationError, LoopDetected
 
 if TYPE_CHECKING:
@@ -229,7 +241,7 @@ class _Plan:
         function: str | None,
         keys: list[str],
     ) -> tuple[list[Any], bytes]:
-        """`fast_fixed`, cached per call site with its packed bytes (3 + nd args to come)."""
+        """`fast_fixed`, cached per call site with its packed bytes (4 + nd args to come)."""
         ck = (route, function, tuple(charge), tuple(keys) if self.windowed else ())
         packed = self.packed.get(ck)
         if packed is None:
@@ -238,7 +250,7 @@ class _Plan:
                 self.fixed.clear()
                 self.packed.clear()
             self.fixed[ck] = fixed
-            packed = self.packed[ck] = _pack_head(fixed, 3 + len(charge))
+            packed = self.packed[ck] = _pack_head(fixed, 4 + len(charge))
         return self.fixed[ck], packed
 
     def state_keys(self, now: float) -> list[str]:
@@ -259,8 +271,13 @@ class _Plan:
         route: str | None,
         function: str | None,
         state_keys: list[str] | None,
+        bypass: str = "",
     ) -> tuple[list[str], list[Any], list[str], str]:
-        """KEYS and ARGV for charge.lua; `rid="new"` makes the reservation id the op id."""
+        """KEYS and ARGV for charge.lua; `rid="new"` makes the reservation id the op id.
+
+        `bypass` is charge.lua's ARGV[5]: 's' (a refusal does not stop the pool) and the
+        indices of pools whose limits an active bypass covers.
+        """
         now = _wall_now()
         skeys = state_keys if state_keys is not None else self.state_keys(now)
         opid = _op_id()
@@ -295,6 +312,8 @@ class _Plan:
             f"{route or ''}\t{function or ''}\t{pool.name}",
             dims,
         ]
+        if bypass:
+            args.append(bypass)
         return [self.top, *skeys], args, skeys, rid
 
 
@@ -770,7 +789,7 @@ def _fast_args(
     keys = _fast_keys(plan, now)
     fixed = plan.cached_fixed(pool, charge, route, function, keys)[0]
     slot[1] += 1
-    args = [*fixed[3 + len(keys) :], slot[0], slot[1], repr(now)]
+    args = [*fixed[3 + len(keys) :], slot[0], slot[1], repr(now), "s" if _byp._maybe else "-"]
     args += [repr(float(v)) for v in charge.values()]
     return keys, args
 
@@ -798,18 +817,58 @@ def _fast_packed(
             raw = repr(float(v)).encode()
             parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
         tail = b"".join(parts)
-    return keys, b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s" % (
+    return keys, b"%s%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s%s" % (
         head,
         slot[2],
         len(seq),
         seq,
         len(at),
         at,
+        _SOFT if _byp._maybe else _HARD,
         tail,
     )
 
 
 _TOOL_TAIL = b"$3\r\n1.0\r\n"
+_SOFT = b"$1\r\ns\r\n"
+_HARD = b"$1\r\n-\r\n"
+
+
+def _bypass_step(
+    plan: _Plan,
+    reply: Any,
+    charge: Mapping[str, float],
+    reserve: Mapping[str, float],
+    forced: list[int],
+    notes: list[_BypassNote] | None,
+) -> tuple[str, list[_BypassNote] | None] | None:
+    """After a soft refusal: what to send next (None: `reply` is final).
+
+    A soft refusal did not stop the pool. An active `budget:<pool>` bypass lets the charge
+    through that pool's limits (re-sent with its index forced, the use noted like the
+    in-memory pool does); without one the charge is re-sent hard, so the refusal stops the
+    pool in Redis (or succeeds, if budget came free meanwhile). Rare path: 2+ round trips.
+    """
+    if reply == "ok" or reply[0] != "refused":
+        return None
+    i = int(reply[1])
+    if i in forced:
+        return None
+    p = plan.remote[i - 1]
+    dim = reply[2]
+    active, expired = lookup_bypass(f"budget:{p.name}")
+    notes = notes if notes is not None else []
+    if active is None:
+        if expired is not None:
+            notes.append((expired, f"budget:{p.name}", p, None))
+        return "", notes
+    used = float(reply[3]) + float(reply[4]) + charge.get(dim, 0.0) + reserve.get(dim, 0.0)
+    limit = float(reply[5])
+    notes.append(
+        (active, f"budget:{p.name}", p, f"would have refused {dim} {_num(used)} > {_num(limit)}")
+    )
+    forced.append(i)
+    return "s", notes
 
 
 def remote_admit(
@@ -843,6 +902,9 @@ def _admit_io(
         _check_dims(pool, itertools.chain(charge, reserve))
     warns = _local_admit(pool, charge, reserve, route, function, kind)
     backend = plan.backend
+    reply: Any = "slow"
+    rid = ""
+    skeys: list[str] = []
     try:
         if not reserve:
             now = _wall_now()
@@ -853,15 +915,32 @@ def _admit_io(
                     reply = backend.run_packed(_script(1), data, pool.name, keys[1])
                 finally:
                     _free_slots.append(slot)
-                if reply != "slow":
-                    return reply, warns, "", keys[1:]
-        rid = "new" if any(reserve.values()) else ""
-        keys, args, skeys, rid = plan.build("a", pool, charge, reserve, rid, route, function, None)
-        reply = backend.run(_script(0), keys, args, pool.name)
+                skeys = keys[1:]
+                if reply != "slow" and (reply == "ok" or reply[0] != "refused" or not _byp._maybe):
+                    return reply, warns, "", skeys
+        soft = "s" if _byp._maybe else ""
+        forced: list[int] = []
+        notes: list[_BypassNote] | None = None
+        while True:
+            if reply != "slow":
+                step = _bypass_step(plan, reply, charge, reserve, forced, notes)
+                if step is None:
+                    break
+                soft, notes = step
+            rid = "new" if any(reserve.values()) else ""
+            flag = " ".join([soft, *map(str, forced)]).strip()
+            keys, args, skeys, rid = plan.build(
+                "a", pool, charge, reserve, rid, route, function, None, flag
+            )
+            reply = backend.run(_script(0), keys, args, pool.name)
+            if not soft:
+                break  # a hard send's reply is final
     except BudgetUnavailable as exc:
         _local_rollback(pool, charge, reserve)
         _unavailable(pool, kind, route, exc)
         raise
+    if notes:
+        _report_bypasses(notes, route, function)
     return reply, warns, rid, skeys
 
 
@@ -879,6 +958,9 @@ async def _aadmit_io(
         _check_dims(pool, itertools.chain(charge, reserve))
     warns = _local_admit(pool, charge, reserve, route, function, kind)
     backend = plan.backend
+    reply: Any = "slow"
+    rid = ""
+    skeys: list[str] = []
     try:
         if not reserve:
             now = _wall_now()
@@ -889,15 +971,32 @@ async def _aadmit_io(
                     reply = await backend.arun(_script(1), keys, args, pool.name)
                 finally:
                     _free_slots.append(slot)
-                if reply != "slow":
-                    return reply, warns, "", keys[1:]
-        rid = "new" if any(reserve.values()) else ""
-        keys, args, skeys, rid = plan.build("a", pool, charge, reserve, rid, route, function, None)
-        reply = await backend.arun(_script(0), keys, args, pool.name)
+                skeys = keys[1:]
+                if reply != "slow" and (reply == "ok" or reply[0] != "refused" or not _byp._maybe):
+                    return reply, warns, "", skeys
+        soft = "s" if _byp._maybe else ""
+        forced: list[int] = []
+        notes: list[_BypassNote] | None = None
+        while True:
+            if reply != "slow":
+                step = _bypass_step(plan, reply, charge, reserve, forced, notes)
+                if step is None:
+                    break
+                soft, notes = step
+            rid = "new" if any(reserve.values()) else ""
+            flag = " ".join([soft, *map(str, forced)]).strip()
+            keys, args, skeys, rid = plan.build(
+                "a", pool, charge, reserve, rid, route, function, None, flag
+            )
+            reply = await backend.arun(_script(0), keys, args, pool.name)
+            if not soft:
+                break  # a hard send's reply is final
     except BudgetUnavailable as exc:
         _local_rollback(pool, charge, reserve)
         _unavailable(pool, kind, route, exc)
         raise
+    if notes:
+        _report_bypasses(notes, route, function)
     return reply, warns, rid, skeys
 
 

@@ -17,6 +17,8 @@
 --   index or '-')
 -- ARGV[3] info "route\tfunction\tpool" (for refusals and reservations)
 -- ARGV[4] "dim amount reserve ..." triples
+-- ARGV[5] (optional) limit bypasses: 's' (soft: a refusal does not stop the pool, the caller
+--   looks for a bypass first) and indices of pools whose limits an active bypass covers
 local EPS = 1e-9
 local op, now, opid, rid = string.match(ARGV[1], '^(%a) (%S+) (%S+) (%S+)$')
 now = tonumber(now)
@@ -24,6 +26,10 @@ if rid == '-' then rid = '' end
 local dedup_ms, lease, spec = string.match(ARGV[2], '^(%d+) (%S+)(.*)$')
 lease = tonumber(lease)
 local info = ARGV[3]
+local soft, forced = false, {}
+for t in string.gmatch(ARGV[5] or '', '%S+') do
+  if t == 's' then soft = true else forced[tonumber(t)] = true end
+end
 local np = #KEYS - 1
 local wins, ttls, regs = {}, {}, {}
 local n = 0
@@ -169,15 +175,18 @@ if op == 'a' then
     for j = 1, nd do
       local o = 3 + 4 * (j - 1)
       local lim = v[o + 1]
-      if lim then
+      if lim and not forced[i] then
         lim = tonumber(lim)
         local s = tonumber(v[o + 2] or '0')
         local r = tonumber(v[o + 3] or '0')
         local need = amt[j] + res[j]
         if s + r + need > lim + EPS then
-          redis.call('HSET', KEYS[1 + i], 'stop', cjson.encode({
-            kind = 'refused', dim = dims[j], limit = tostring(lim), spent = tostring(s),
-            reserved = tostring(r), requested = tostring(need), info = info, at = tostring(now)}))
+          if not soft then
+            redis.call('HSET', KEYS[1 + i], 'stop', cjson.encode({
+              kind = 'refused', dim = dims[j], limit = tostring(lim), spent = tostring(s),
+              reserved = tostring(r), requested = tostring(need), info = info,
+              at = tostring(now)}))
+          end
           return finish({'refused', tostring(i), dims[j], tostring(s), tostring(r), tostring(lim)})
         end
       end

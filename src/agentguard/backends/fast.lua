@@ -16,8 +16,10 @@
 --   then nx fields "r:<dim>" of the top pool's other dimensions (any reservation there
 --   means a lease may be due),
 --   then the 3 + 4 nd fields: c stop warn, and per dimension l:<d> s:<d> r:<d> w:<d>,
---   then the slot field, the sequence number, now (unix s) and the nd amounts (the
---   arguments before the slot field are the same for every charge of a call site).
+--   then the slot field, the sequence number, now (unix s), 's' when a refusal must not
+--   stop the pool (a limit bypass may exist: the caller decides) else '-', and the nd
+--   amounts (the arguments before the slot field are the same for every charge of a call
+--   site).
 local EPS = 1e-9
 local np = #KEYS - 1
 local nd = tonumber(ARGV[2])
@@ -80,13 +82,15 @@ for i = 1, np do
       lim = tonumber(lim)
       local s = tonumber(v[o + 4 * j + 1] or '0')
       local r = tonumber(v[o + 4 * j + 2] or '0')
-      local a = tonumber(ARGV[q + 2 + j])
+      local a = tonumber(ARGV[q + 3 + j])
       if s + r + a > lim + EPS then
         local dim = string.sub(ARGV[b0 + 4 * j - 1], 3)
-        redis.call('HSET', KEYS[1 + i], 'stop', cjson.encode({
-          kind = 'refused', dim = dim, limit = tostring(lim), spent = tostring(s),
-          reserved = tostring(r), requested = tostring(a), info = ARGV[1],
-          at = ARGV[q + 2]}))
+        if ARGV[q + 3] ~= 's' then
+          redis.call('HSET', KEYS[1 + i], 'stop', cjson.encode({
+            kind = 'refused', dim = dim, limit = tostring(lim), spent = tostring(s),
+            reserved = tostring(r), requested = tostring(a), info = ARGV[1],
+            at = ARGV[q + 2]}))
+        end
         return {'refused', tostring(i), dim, tostring(s), tostring(r), tostring(lim)}
       end
     end
@@ -99,7 +103,7 @@ for i = 1, np do
   local o = off[i]
   local w = {}
   for j = 1, nd do
-    local a = tonumber(ARGV[q + 2 + j])
+    local a = tonumber(ARGV[q + 3 + j])
     if a ~= 0 then
       local s = tonumber(v[o + 4 * j + 1] or '0') + a
       w[#w + 1] = ARGV[b0 + 4 * j]
