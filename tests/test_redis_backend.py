@@ -152,6 +152,54 @@ async def test_async_reserve_settle_and_release_round_trip(
     assert [row.outcome for row in pool.ledger] == ["ok", "error"]
 
 
+class _AsyncOnlyBackend(ag.RedisBackend):
+    """A backend whose synchronous side raises: async code must never block on it."""
+
+    def sync_client(self) -> redis.Redis:
+        raise AssertionError("the synchronous Redis client was used from async code")
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a synchronous Redis round trip blocked the event loop")
+
+    def run_packed(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a synchronous Redis round trip blocked the event loop")
+
+
+async def test_async_tools_and_llm_calls_on_redis_never_block_the_event_loop(
+    redis_url: str, redis_prefix: str
+) -> None:
+    b = _AsyncOnlyBackend(redis_url, key="run", prefix=redis_prefix, create=True)
+
+    @ag.tool_call
+    async def lookup(q: str) -> str:
+        return q
+
+    @ag.llm_call(max_tokens=200, input_tokens=50)
+    async def ask(prompt: str) -> str:
+        ag.record_usage(input_tokens=40, output_tokens=120)
+        return prompt
+
+    @ag.llm_call(max_tokens=200, input_tokens=50)
+    async def broken(prompt: str) -> str:
+        raise ValueError(prompt)
+
+    async with ag.BudgetPool(
+        tool_calls=10, llm_calls=10, output_tokens=10_000, name="run", backend=b
+    ) as pool:
+        await asyncio.gather(*(lookup(f"q{i}") for i in range(5)))
+        assert await ask("hi") == "hi"
+        with pytest.raises(ValueError):
+            await broken("boom")
+    reader = ag.RedisBackend(redis_url, key="run", prefix=redis_prefix)
+    state = reader.state()
+    reader.close()
+    assert state.spent["tool_calls"] == 5
+    assert state.spent["llm_calls"] == 2
+    assert state.spent["output_tokens"] == 120
+    assert state.reserved == {}  # the failed call's reservation was released
+    assert pool.spent["output_tokens"] == 120
+
+
 # -- one round trip per charge -------------------------------------------------------------
 
 

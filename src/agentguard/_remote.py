@@ -53,6 +53,7 @@ __all__ = [
     "remote_settle",
     "remote_release",
     "remote_tool",
+    "aremote_tool",
     "aremote_admit",
     "aremote_charge",
     "aremote_settle",
@@ -1032,6 +1033,50 @@ async def aremote_charge(
     reservation.settle({}, duration=time.perf_counter() - t0)  # nothing reserved: no I/O
 
 
+def _loop_guard(
+    pool: BudgetPool,
+    tool: str,
+    route: str | None,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    loop_limit: int,
+) -> None:
+    """The per-process loop guard of a tool call on a Redis-backed pool (raises LoopDetected)."""
+    try:
+        loop_key = hash((tool, args, frozenset(kwargs.items()))) if kwargs else hash(args)
+    except TypeError:  # unhashable arguments: hash their repr instead
+        loop_key = hash((repr(args), repr(sorted(kwargs.items(), key=_first))))
+    loop_key ^= hash(tool)
+    err: LoopDetected | None = None
+    with pool._lock:
+        loop = pool._loop
+        cur = loop.cur
+        mine = cur.get(loop_key, 0) + 1
+        n = mine + loop.prev.get(loop_key, 0)
+        if n > loop_limit:
+            err = LoopDetected(
+                pool=pool.name,
+                tool=tool,
+                arguments=describe_args(args, kwargs),
+                count=n,
+                loop_limit=loop_limit,
+                route=route,
+            )
+            if pool._stopped is None:
+                pool._stopped = err
+            pool._ledger.append((_now(), pool, route, "tool", {}, "refused", None, ("loop",), None))
+        else:
+            cur[loop_key] = mine
+            loop.n += 1
+            if loop.n >= loop.half:
+                loop.prev = cur
+                loop.cur = {}
+                loop.n = 0
+    if err is not None:
+        pool._after_stop(pool, err)
+        raise err
+
+
 def remote_tool(
     pool: BudgetPool,
     tool: str,
@@ -1042,43 +1087,26 @@ def remote_tool(
 ) -> None:
     """A tool call on a Redis-backed chain: the loop guard (per process), then one charge."""
     if loop_limit is not None:
-        try:
-            loop_key = hash((tool, args, frozenset(kwargs.items()))) if kwargs else hash(args)
-        except TypeError:  # unhashable arguments: hash their repr instead
-            loop_key = hash((repr(args), repr(sorted(kwargs.items(), key=_first))))
-        loop_key ^= hash(tool)
-        err: LoopDetected | None = None
-        with pool._lock:
-            loop = pool._loop
-            cur = loop.cur
-            mine = cur.get(loop_key, 0) + 1
-            n = mine + loop.prev.get(loop_key, 0)
-            if n > loop_limit:
-                err = LoopDetected(
-                    pool=pool.name,
-                    tool=tool,
-                    arguments=describe_args(args, kwargs),
-                    count=n,
-                    loop_limit=loop_limit,
-                    route=route,
-                )
-                if pool._stopped is None:
-                    pool._stopped = err
-                pool._ledger.append(
-                    (_now(), pool, route, "tool", {}, "refused", None, ("loop",), None)
-                )
-            else:
-                cur[loop_key] = mine
-                loop.n += 1
-                if loop.n >= loop.half:
-                    loop.prev = cur
-                    loop.cur = {}
-                    loop.n = 0
-        if err is not None:
-            pool._after_stop(pool, err)
-            raise err
+        _loop_guard(pool, tool, route, args, kwargs, loop_limit)
     plan = _plans.get(pool) or _plan(pool)
     reply, warns, rid, skeys = _admit_io(pool, plan, _TOOL_CHARGE, {}, route, tool, "tool")
+    if reply != "ok" or warns:
+        _admitted(pool, plan, reply, _TOOL_CHARGE, {}, route, tool, "tool", rid, skeys, warns)
+
+
+async def aremote_tool(
+    pool: BudgetPool,
+    tool: str,
+    route: str | None,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    loop_limit: int | None,
+) -> None:
+    """`remote_tool` for an async tool: awaits the asyncio client (the loop never blocks)."""
+    if loop_limit is not None:
+        _loop_guard(pool, tool, route, args, kwargs, loop_limit)
+    plan = _plans.get(pool) or await _aplan(pool)
+    reply, warns, rid, skeys = await _aadmit_io(pool, plan, _TOOL_CHARGE, {}, route, tool, "tool")
     if reply != "ok" or warns:
         _admitted(pool, plan, reply, _TOOL_CHARGE, {}, route, tool, "tool", rid, skeys, warns)
 

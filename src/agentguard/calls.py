@@ -272,9 +272,21 @@ def tool_call(
                 if guard is not None:
                     args, kwargs = await guard.acheck(pool, args, kwargs)
                 if _get_claim() is None or not precharged():
-                    pool._charge_tool(
-                        tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
-                    )
+                    if pool._remote:  # a Redis-backed pool: await the asyncio client
+                        from ._remote import aremote_tool
+
+                        await aremote_tool(
+                            pool,
+                            tool,
+                            rte,
+                            args,
+                            kwargs,
+                            loop_limit if fixed_loop else pool._loop_limit,
+                        )
+                    else:
+                        pool._charge_tool(
+                            tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
+                        )
                 span = _tool_span(tool, rte, pool) if _tracing() else None
                 t0 = perf_counter()
                 try:
@@ -457,11 +469,14 @@ def _finish_llm(
     source: str | None = None,
     fix: str = _FIX_DECORATED,
     outcome: str = "ok",
-) -> None:
+    defer: bool = False,
+) -> tuple[dict[str, float], dict[str, Any] | None] | None:
     """Settle one LLM call from its usage (or its estimate, flagged, when unreadable).
 
     `source` describes where usage was looked for and `fix` how to make it readable (both
     for the warning); the instrumented SDKs pass their own (a stream without a usage chunk).
+    `defer=True` settles nothing and returns `(actual, detail)` for an awaited
+    `Reservation.asettle` (a Redis-backed pool in async code).
     """
     cfg = _config.get_config()
     usage = info.usage
@@ -501,10 +516,13 @@ def _finish_llm(
     info.flags = tuple(flags)
     detail = {"model": used_model} if used_model else None
     assert info.reservation is not None
+    if defer:
+        return actual, detail
     info.reservation.settle(actual, outcome=outcome, flags=info.flags, detail=detail)
     info.outcome = outcome
     if _llm_listeners:  # every settled LLM call: the decorator, ag.instrument, LangChain
         _notify_llm(info)
+    return None
 
 
 @overload
@@ -554,10 +572,20 @@ def llm_call(
         )
         meta = {"kind": "llm", "name": s.name, "route": s.route}
 
-        def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[CallInfo, Any, Any]:
-            pool = _resolve("llm", s.route, s.name)
-            reserve, mdl, estimate = _plan(s, pool, kwargs, args)
-            reservation = pool._admit(_LLM_CHARGE, reserve, s.route, s.name, "llm")
+        def start(
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            pool: BudgetPool | None = None,
+            admitted: tuple[Reservation, dict[str, float], str | None, Usage] | None = None,
+        ) -> tuple[CallInfo, Any, Any]:
+            if admitted is None:
+                if pool is None:
+                    pool = _resolve("llm", s.route, s.name)
+                reserve, mdl, estimate = _plan(s, pool, kwargs, args)
+                reservation = pool._admit(_LLM_CHARGE, reserve, s.route, s.name, "llm")
+            else:
+                assert pool is not None
+                reservation, reserve, mdl, estimate = admitted
             info = CallInfo("llm", s.name, s.route, pool, reservation, model=mdl)
             info.extra["reserve"] = reserve
             info.extra["estimate"] = estimate
@@ -584,9 +612,49 @@ def llm_call(
         if _is_async(func):
             afunc: Callable[..., Awaitable[Any]] = func  # type: ignore[assignment]
 
+            async def remote_call(pool: BudgetPool, args: Any, kwargs: Any) -> Any:
+                # A Redis-backed pool: admit, settle and release await the asyncio client.
+                from ._remote import aremote_admit
+
+                reserve, mdl, estimate = _plan(s, pool, kwargs, args)
+                reservation = await aremote_admit(
+                    pool, _LLM_CHARGE, reserve, s.route, s.name, "llm"
+                )
+                info, token, span = start(args, kwargs, pool, (reservation, reserve, mdl, estimate))
+                t0 = perf_counter()
+                try:
+                    result = await afunc(*args, **kwargs)
+                except BaseException as exc:
+                    info.duration = perf_counter() - t0
+                    info.outcome = "error"
+                    await reservation.arelease(
+                        outcome="error", detail={"error.type": type(exc).__name__}
+                    )
+                    _end_span(span, exc)
+                    if _call_listeners:
+                        _notify(info)
+                    raise
+                finally:
+                    _active_call.reset(token)
+                info.duration = perf_counter() - t0
+                deferred = _finish_llm(s, info, result, reserve, info.model, estimate, defer=True)
+                assert deferred is not None
+                actual, detail = deferred
+                await reservation.asettle(actual, outcome="ok", flags=info.flags, detail=detail)
+                info.outcome = "ok"
+                if _llm_listeners:
+                    _notify_llm(info)
+                _llm_telemetry(info, span)
+                if _call_listeners:
+                    _notify(info)
+                return result
+
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                info, token, span = start(args, kwargs)
+                pool = _resolve("llm", s.route, s.name)
+                if pool._remote:
+                    return await remote_call(pool, args, kwargs)
+                info, token, span = start(args, kwargs, pool)
                 t0 = perf_counter()
                 try:
                     result = await afunc(*args, **kwargs)
