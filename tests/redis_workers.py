@@ -6,7 +6,9 @@ import time
 from typing import Any
 
 
-def charge_many(url: str, prefix: str, key: str, n: int, start: Any, results: Any) -> None:
+def charge_many(
+    url: str, prefix: str, key: str, n: int, start: Any, results: Any, ready: Any = None
+) -> None:
     """Open the shared pool, wait for the start gate, then try `n` tool-call charges."""
     import agentguard as ag
 
@@ -14,6 +16,8 @@ def charge_many(url: str, prefix: str, key: str, n: int, start: Any, results: An
     backend = ag.RedisBackend(url, key=key, prefix=prefix)
     with ag.BudgetPool(name="fleet", backend=backend, warn_at=None) as pool:
         pool.charge(llm_calls=0)  # open the key before the gate (one round trip)
+        if ready is not None:
+            ready.put(True)
         start.wait(60)
         for _ in range(n):
             try:

@@ -15,7 +15,7 @@ import redis
 
 import agentguard as ag
 from agentguard import _config, _remote, bypasses
-from agentguard.backends.redis import CHARGE
+from agentguard.backends.redis import CHARGE, FAST
 from tests import redis_workers
 from tests.redis_server import RedisServer
 
@@ -95,15 +95,18 @@ def test_eight_processes_cannot_jointly_overspend_a_shared_pool(
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Event()
     results = ctx.Queue()
+    ready = ctx.Queue()
     procs = [
         ctx.Process(
             target=redis_workers.charge_many,
-            args=(redis_url, redis_prefix, "fleet-run", 2000, start, results),
+            args=(redis_url, redis_prefix, "fleet-run", 2000, start, results, ready),
         )
         for _ in range(8)
     ]
     for p in procs:
         p.start()
+    for _ in procs:  # every worker has opened the pool before any charges (else a late
+        ready.get(timeout=120)  # one could find it already stopped while opening)
     start.set()
     outcomes = [results.get(timeout=120) for _ in procs]
     for p in procs:
@@ -250,6 +253,25 @@ def test_a_retried_charge_id_is_charged_once(backend: Callable[..., ag.RedisBack
         again = b.run(CHARGE, keys, args, pool.name)  # a reconnect re-sends the same id
     assert first == again
     assert b.state().spent["tool_calls"] == 3
+
+
+def test_a_resent_plain_charge_is_charged_once(backend: Callable[..., ag.RedisBackend]) -> None:
+    b = backend(create=True)
+    with ag.BudgetPool(tool_calls=10, name="run", backend=b) as pool:
+        pool.charge(tool_calls=0)
+        plan = _remote._plan(pool)
+        slot = _remote._take_slot()
+        assert slot is not None
+        now = _remote._wall_now()
+        keys, data = _remote._fast_packed(plan, pool, {"tool_calls": 3.0}, None, None, now, slot)
+        first = b.run_packed(FAST, data, pool.name, keys[1])
+        again = b.run_packed(FAST, data, pool.name, keys[1])  # a reconnect re-sends it
+        assert first == again == "ok"
+        assert b.state().spent["tool_calls"] == 3
+        # the slot's next charge is a new one: it is applied
+        keys, data = _remote._fast_packed(plan, pool, {"tool_calls": 2.0}, None, None, now, slot)
+        assert b.run_packed(FAST, data, pool.name, keys[1]) == "ok"
+    assert b.state().spent["tool_calls"] == 5
 
 
 def test_a_dropped_connection_is_reconnected_without_double_charge(
