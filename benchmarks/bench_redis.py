@@ -26,7 +26,7 @@ if str(ROOT / "src") not in sys.path:
 BARE_SCRIPT = "return 1"
 PROCESSES = 8
 PER_PROCESS = 3000
-FLEET_ROUNDS = 2
+FLEET_ROUNDS = 3
 
 
 def _bare_evalsha(client: Any, sha: str, key: str) -> Callable[[], object]:
