@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -272,6 +273,38 @@ def test_a_resent_plain_charge_is_charged_once(backend: Callable[..., ag.RedisBa
         keys, data = _remote._fast_packed(plan, pool, {"tool_calls": 2.0}, None, None, now, slot)
         assert b.run_packed(FAST, data, pool.name, keys[1]) == "ok"
     assert b.state().spent["tool_calls"] == 5
+
+
+def test_forty_threads_cannot_overspend_when_slots_run_out(
+    backend: Callable[..., ag.RedisBackend],
+) -> None:
+    # more threads than idempotency slots: some charges take charge.lua, all stay exact
+    b = backend(create=True)
+    pool = ag.BudgetPool(tool_calls=3000, name="run", backend=b, warn_at=None)
+    pool.charge(tool_calls=0)
+    counts = {"ok": 0, "refused": 0}
+    lock = threading.Lock()
+    gate = threading.Barrier(40)
+
+    def work() -> None:
+        gate.wait()
+        for _ in range(100):
+            try:
+                pool.charge(tool_calls=1)
+                outcome = "ok"
+            except ag.BudgetExceeded:
+                outcome = "refused"
+            with lock:
+                counts[outcome] += 1
+
+    threads = [threading.Thread(target=work) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts == {"ok": 3000, "refused": 1000}
+    assert b.state().spent["tool_calls"] == 3000
+    assert pool.spent["tool_calls"] == 3000
 
 
 def test_a_dropped_connection_is_reconnected_without_double_charge(

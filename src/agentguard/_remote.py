@@ -154,7 +154,6 @@ class _Plan:
     __slots__ = (
         "backend",
         "fast_keys",
-        "fixed",
         "head",
         "lease",
         "lease_key",
@@ -208,8 +207,7 @@ class _Plan:
         self.fast_keys = [self.lease_key, *reg_keys]
         self.top_dims: tuple[str, ...] = tuple(remote[-1]._spent)
         # fast.lua's fixed arguments of a tool call, packed once per (route, function, keys)
-        self.packed: dict[tuple[Any, ...], bytes] = {}
-        self.fixed: dict[tuple[Any, ...], list[Any]] = {}
+        self.packed: dict[tuple[Any, ...], tuple[list[Any], bytes]] = {}
 
     def fast_fixed(
         self,
@@ -244,15 +242,14 @@ class _Plan:
     ) -> tuple[list[Any], bytes]:
         """`fast_fixed`, cached per call site with its packed bytes (4 + nd args to come)."""
         ck = (route, function, tuple(charge), tuple(keys) if self.windowed else ())
-        packed = self.packed.get(ck)
-        if packed is None:
+        hit = self.packed.get(ck)
+        if hit is None:
             fixed = self.fast_fixed(pool, charge, route, function, keys)
-            if len(self.fixed) >= 256:
-                self.fixed.clear()
-                self.packed.clear()
-            self.fixed[ck] = fixed
-            packed = self.packed[ck] = _pack_head(fixed, 4 + len(charge))
-        return self.fixed[ck], packed
+            hit = (fixed, _pack_head(fixed, 4 + len(charge)))
+            if len(self.packed) >= 256:
+                self.packed.clear()  # many routes or windows: start over (thread-safe)
+            self.packed[ck] = hit
+        return hit
 
     def state_keys(self, now: float) -> list[str]:
         if not self.windowed:
