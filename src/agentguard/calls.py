@@ -150,6 +150,7 @@ def record_usage(
 
 _ESTIMATE_ITEMS = 256
 """List items the input estimate reads; a longer list is sampled evenly and scaled."""
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def _estimate_text_tokens(value: Any, depth: int = 0) -> int:
@@ -162,6 +163,8 @@ def _estimate_text_tokens(value: Any, depth: int = 0) -> int:
     kind = type(value)
     if kind is str:
         return len(value) // 4 + 1
+    if kind in _SCALARS:
+        return 0  # not text (and probing them for `.content` costs an exception each)
     items: Any
     if kind is dict:
         items = value.values()
@@ -496,14 +499,14 @@ def _finish_llm(
     `source` describes where usage was looked for and `fix` how to make it readable (both
     for the warning); the instrumented SDKs pass their own (a stream without a usage chunk).
     """
-    cfg = _config.get_config()
+    cfg = _config._config
     usage = info.usage
     if usage is None and source is None:
         extractors = (s.usage, *cfg.usage_extractors) if s.usage else cfg.usage_extractors
         usage = read_usage(result, extractors)
-    flags: list[str] = []
-    if usage is None or not usage.known:
-        flags.append("usage_unknown")
+    flags: tuple[str, ...] = ()
+    if usage is None or usage.input_tokens is None or usage.output_tokens is None:
+        flags = ("usage_unknown",)
         _warn_once(
             s.route,
             "usage",
@@ -523,7 +526,7 @@ def _finish_llm(
     used_model = model or usage.model
     cost = resolve_price(used_model, usage, cfg.price, cfg.fallback_price)
     if cost is None:
-        flags.append("cost_unknown")
+        flags += ("cost_unknown",)
         if "cost_usd" in reserve:
             cost = reserve["cost_usd"]  # priced at the estimate: never free
     if cost is not None:
@@ -531,7 +534,7 @@ def _finish_llm(
     info.usage = usage
     info.cost_usd = cost
     info.model = used_model
-    info.flags = tuple(flags)
+    info.flags = flags
     detail = {"model": used_model} if used_model else None
     assert info.reservation is not None
     info.reservation.settle(actual, outcome=outcome, flags=info.flags, detail=detail)

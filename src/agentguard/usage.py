@@ -12,6 +12,7 @@ never zero: a pool that limits `cost_usd` refuses a call whose price is unknown 
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,28 @@ class Usage:
     provider: str | None = None
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+
+    def __init__(
+        self,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        total_tokens: int | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> None:
+        # The dataclass's generated frozen __init__ sets each field with object.__setattr__
+        # (~0.8 us for seven); one dict update is ~0.3 us, and one Usage is made per call.
+        self.__dict__.update(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=total_tokens,
+            model=model,
+            provider=provider,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
+        )
 
     @property
     def total(self) -> int | None:
@@ -93,14 +116,27 @@ def _int(value: Any) -> int | None:
 
 def _from_usage_block(block: Any, model: str | None, provider: str | None) -> Usage | None:
     """Read an OpenAI / Anthropic / LangChain usage block (object or dict)."""
-    inp = _int(_get(block, "input_tokens"))
-    out = _int(_get(block, "output_tokens"))
+    # A dict (an SDK model's __dict__, a JSON body) is read without the Mapping ABC check.
+    get: Callable[[str], Any] = (
+        block.get if type(block) is dict else functools.partial(_get, block)
+    )
+
+    inp = get("input_tokens")
+    if type(inp) is not int:
+        inp = _int(inp)
+    out = get("output_tokens")
+    if type(out) is not int:
+        out = _int(out)
     cache_read = 0
     cache_write = 0
     if inp is None and out is None:
-        inp = _int(_get(block, "prompt_tokens"))  # OpenAI chat completions
-        out = _int(_get(block, "completion_tokens"))
-        details = _get(block, "prompt_tokens_details")
+        inp = get("prompt_tokens")  # OpenAI chat completions
+        if type(inp) is not int:
+            inp = _int(inp)
+        out = get("completion_tokens")
+        if type(out) is not int:
+            out = _int(out)
+        details = get("prompt_tokens_details")
         if details is not None:
             cache_read = _int(_get(details, "cached_tokens")) or 0
         if inp is None and out is None:
@@ -108,18 +144,20 @@ def _from_usage_block(block: Any, model: str | None, provider: str | None) -> Us
         provider = provider or "openai"
     else:
         # Anthropic reports cache tokens outside input_tokens; budgets count them as input.
-        cache_write = _int(_get(block, "cache_creation_input_tokens")) or 0
-        cache_read_a = _int(_get(block, "cache_read_input_tokens"))
+        cache_write = _int(get("cache_creation_input_tokens")) or 0
+        cache_read_a = _int(get("cache_read_input_tokens"))
         if cache_read_a is not None:
             cache_read = cache_read_a
             inp = (inp or 0) + cache_read + cache_write
             provider = provider or "anthropic"
-        details = _get(block, "input_tokens_details") or _get(block, "input_token_details")
+        details = get("input_tokens_details") or get("input_token_details")
         if details is not None:
             cache_read = _int(_get(details, "cached_tokens")) or _int(
                 _get(details, "cache_read")
             ) or cache_read
-    total = _int(_get(block, "total_tokens"))
+    total = get("total_tokens")
+    if type(total) is not int:
+        total = _int(total)
     return Usage(
         input_tokens=inp,
         output_tokens=out,
