@@ -193,9 +193,10 @@ def _estimate_text_tokens(value: Any, depth: int = 0) -> int:
     total = 0
     depth += 1
     for item in items:
-        if type(item) is str:
+        kind = type(item)
+        if kind is str:
             total += len(item) // 4 + 1
-        else:
+        elif kind not in _SCALARS:
             total += _estimate_text_tokens(item, depth)
     if scale:
         return total * scale // _ESTIMATE_ITEMS

@@ -499,7 +499,7 @@ _FIX_STREAM = (
 
 
 def _usage_of(req: _Request, result: Any) -> Usage | None:
-    extractors = _config.get_config().usage_extractors
+    extractors = _config._config.usage_extractors
     if isinstance(result, req.sdk.raw_response_types):
         http = getattr(result, "http_response", None)
         if http is None or not getattr(http, "is_stream_consumed", False):
