@@ -310,6 +310,21 @@ def test_cached_genai_price_is_exactly_genai_prices_own_figure(model: str, provi
     assert (linear is None) == (model == "gemini-2.5-pro")  # tiers are never linearised
 
 
+def test_usage_fast_init_sets_every_field_and_stays_frozen() -> None:
+    import dataclasses
+    import inspect
+
+    fields = [f.name for f in dataclasses.fields(ag.Usage)]
+    assert list(inspect.signature(ag.Usage).parameters) == fields  # a new field needs __init__
+    values = dict(zip(fields, (1, 2, 3, "m", "p", 4, 5), strict=True))
+    usage = ag.Usage(**values)  # type: ignore[arg-type]
+    assert dataclasses.asdict(usage) == values
+    assert ag.Usage() == ag.Usage(None, None, None, None, None, 0, 0)
+    assert hash(usage) == hash(ag.Usage(**values))  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        usage.model = "other"  # type: ignore[misc]
+
+
 def test_input_estimate_reads_a_bounded_sample_of_a_huge_conversation() -> None:
     from agentguard import calls
 

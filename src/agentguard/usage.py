@@ -122,19 +122,19 @@ def _from_usage_block(block: Any, model: str | None, provider: str | None) -> Us
     )
 
     inp = get("input_tokens")
-    if type(inp) is not int:
+    if inp is not None and type(inp) is not int:
         inp = _int(inp)
     out = get("output_tokens")
-    if type(out) is not int:
+    if out is not None and type(out) is not int:
         out = _int(out)
     cache_read = 0
     cache_write = 0
     if inp is None and out is None:
         inp = get("prompt_tokens")  # OpenAI chat completions
-        if type(inp) is not int:
+        if inp is not None and type(inp) is not int:
             inp = _int(inp)
         out = get("completion_tokens")
-        if type(out) is not int:
+        if out is not None and type(out) is not int:
             out = _int(out)
         details = get("prompt_tokens_details")
         if details is not None:
@@ -156,7 +156,7 @@ def _from_usage_block(block: Any, model: str | None, provider: str | None) -> Us
                 _get(details, "cache_read")
             ) or cache_read
     total = get("total_tokens")
-    if type(total) is not int:
+    if total is not None and type(total) is not int:
         total = _int(total)
     return Usage(
         input_tokens=inp,
