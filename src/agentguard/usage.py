@@ -249,7 +249,7 @@ class _LinearPrice:
     """A genai-prices model price as exact per-token Decimal coefficients (no tiers).
 
     `cost()` equals `ModelPrice.calc_price()` to the last digit for the cache-token pattern
-    it was derived for (checked on a generic point when built) at ~2 us instead of ~70 us.
+    it was derived for (checked on a generic point when built) at ~1 us instead of ~45-70 us.
     """
 
     __slots__ = ("base", "cache_read", "cache_write", "input", "output")
@@ -315,8 +315,8 @@ def genai_price(model: str, usage: Usage) -> float | None:
     """The price of `usage` on `model` from the `genai-prices` package (offline).
 
     Resolves each (model, provider) once and caches it (the first lookup costs ~25 ms);
-    a price without tiers is then kept as exact per-token coefficients (~2 us per call,
-    equal to genai-prices' own `calc_price`), a tiered one costs ~70 us per call.
+    a price without tiers is then kept as exact per-token coefficients (~1 us per call,
+    equal to genai-prices' own `calc_price`), a tiered one costs ~45-70 us per call.
     Returns `None` for an unknown model. Needs `agentguard[prices]`.
     """
     try:
