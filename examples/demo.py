@@ -26,6 +26,17 @@ SECTIONS: list[tuple[str, str]] = [
 ]
 
 
+SUMMARY = [
+    "1. exit 0 + empty output  -> `agentguard run` exits 3, the run and its anomalies are stored",
+    "2. the permanent bypass   -> owner, reason, expiry; every use visible; back on by itself",
+    "3. budget leaks           -> one pool charged at every innermost call: 20 means 20",
+    "4. nonsense arguments     -> rejected before the tool runs, with a message the model fixes",
+    "5. retries that hide      -> a span per attempt, attempts/call, p99 after retries, alerts",
+    "6. the cascade            -> @ag.contract fails at the producer, not three steps later",
+    "raw SDK calls, LangChain  -> charged and stopped the same way, no decorator to forget",
+]
+
+
 def _load(path: Path) -> object:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
@@ -56,6 +67,10 @@ def main() -> int:
         print(f"\n{bar}\n{title}\n{bar}")
         module = _load(HERE / filename)
         module.main()  # type: ignore[attr-defined]
+    if not only:
+        print(f"\n{'=' * 78}\nWhat each failure became\n{'=' * 78}")
+        for line in SUMMARY:
+            print(f"  {line}")
     return 0
 
 
