@@ -390,3 +390,16 @@ def test_run_checks_context_is_an_ordinary_check_context() -> None:
     assert seen == [CheckContext(route="r", duration=0.5, history=hist)]
     with pytest.raises(AttributeError):
         seen[0].route = "other"  # type: ignore[misc]
+
+
+def test_a_check_can_be_called_standalone_without_building_a_context() -> None:
+    """`NotEmpty().check(x)` / `NotEmpty()(x)`: the one-liner a new user reaches for."""
+    history = ag.checks.MemoryHistory()
+    assert not ag.checks.NotEmpty().check("", history=history).ok
+    assert not ag.checks.NotEmpty()({"results": []}, history=history).ok
+    combined = ag.checks.NotEmpty() & ag.checks.NoErrorKeywords()
+    assert combined("Summary: 3 rows", history=history).ok
+    bad = combined("Traceback (most recent call last):\n  boom", route="r", history=history)
+    assert [a.check for a in bad.anomalies] == ["NoErrorKeywords"]
+    with pytest.raises(ag.ContentAnomaly):
+        bad.raise_for_anomaly("r")

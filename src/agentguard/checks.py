@@ -300,6 +300,34 @@ class Check:
     def __and__(self, other: Check) -> AllOf:
         return AllOf([*_flatten(self), *_flatten(other)])
 
+    def check(
+        self,
+        output: Any,
+        *,
+        route: str | None = None,
+        duration: float | None = None,
+        history: History | None = None,
+        record: bool = True,
+        report: bool = True,
+    ) -> CheckResult:
+        """Evaluate this check on `output` standalone: `NotEmpty().check("")`.
+
+        The same as `run_checks(self, output, ...)`: a passing output is added to the route's
+        history, an anomaly is reported (ledger row, metric, alert). It returns the result and
+        does not raise for an anomaly; call `result.raise_for_anomaly(route)` for that.
+        """
+        return run_checks(
+            self,
+            output,
+            route=route,
+            duration=duration,
+            history=history,
+            record=record,
+            report=report,
+        )
+
+    __call__ = check
+
     def guard_id(self, route: str | None) -> str:
         return f"checks:{route or '*'}.{self.name}"
 
