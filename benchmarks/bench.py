@@ -29,7 +29,9 @@ def print_table(title: str, rows: list[tuple[str, float]], base: float | None = 
     base = base if base is not None else rows[0][1]
     width = max(len(name) for name, _ in rows)
     for name, ns in rows:
-        print(f"  {name:<{width}}  {ns:>10,.0f} ns   {ns / base:>7.1f}x")
+        ratio = ns / base
+        shown = f"{ratio:>7.2f}x" if ratio < 10 else f"{ratio:>7.1f}x"  # 1.05x, not 1.0x
+        print(f"  {name:<{width}}  {ns:>10,.0f} ns   {shown}")
 
 
 def main() -> None:

@@ -271,6 +271,88 @@ def test_genai_prices_prices_a_known_model_offline() -> None:
     assert pool.reserved == {}
 
 
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [
+        ("gpt-4o-mini", "openai"),
+        ("claude-sonnet-4-20250514", "anthropic"),  # cache read and write priced apart
+        ("gemini-2.5-pro", "google"),  # tiered: a rate that depends on the prompt size
+    ],
+)
+def test_cached_genai_price_is_exactly_genai_prices_own_figure(model: str, provider: str) -> None:
+    import genai_prices
+
+    usages = [
+        (1000, 500, 0, 0),
+        (250_000, 4096, 0, 0),  # above the 200k tier of the tiered model
+        (12_345, 77, 4000, 0),
+        (12_345, 77, 0, 345),
+        (98_765, 1234, 5000, 4321),
+        (0, 0, 0, 0),
+    ]
+    for _ in range(2):  # the first call of each cache-token pattern builds the cached path
+        for inp, out, read, write in usages:
+            usage = ag.Usage(
+                input_tokens=inp,
+                output_tokens=out,
+                cache_read_tokens=read,
+                cache_write_tokens=write,
+                provider=provider,
+            )
+            expected = genai_prices.calc_price(
+                genai_prices.Usage(
+                    input_tokens=inp,
+                    output_tokens=out,
+                    cache_read_tokens=read or None,
+                    cache_write_tokens=write or None,
+                ),
+                model_ref=model,
+                provider_id=provider,
+            ).total_price
+            assert ag.genai_price(model, usage) == float(expected), (inp, out, read, write)
+    import importlib
+
+    usage_module = importlib.import_module("agentguard.usage")
+    linear = usage_module._linear_cache[(model, provider, False, False)]
+    assert (linear is None) == (model == "gemini-2.5-pro")  # tiers are never linearised
+
+
+def test_usage_fast_init_sets_every_field_and_stays_frozen() -> None:
+    import dataclasses
+    import inspect
+
+    fields = [f.name for f in dataclasses.fields(ag.Usage)]
+    assert list(inspect.signature(ag.Usage).parameters) == fields  # a new field needs __init__
+    values = dict(zip(fields, (1, 2, 3, "m", "p", 4, 5), strict=True))
+    usage = ag.Usage(**values)  # type: ignore[arg-type]
+    assert dataclasses.asdict(usage) == values
+    assert ag.Usage() == ag.Usage(None, None, None, None, None, 0, 0)
+    assert hash(usage) == hash(ag.Usage(**values))  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        usage.model = "other"  # type: ignore[misc]
+
+
+def test_input_estimate_reads_a_bounded_sample_of_a_huge_conversation() -> None:
+    from agentguard import calls
+
+    reads = {"items": 0, "iterations": 0}
+
+    class Conversation(list[Any]):
+        def __getitem__(self, index: Any) -> Any:
+            reads["items"] += 1
+            return super().__getitem__(index)
+
+        def __iter__(self) -> Any:
+            reads["iterations"] += 1
+            return super().__iter__()
+
+    message = {"role": "user", "content": "x" * 396}  # 100 + 2 tokens
+    history = Conversation([message] * 100_000)
+    estimate = calls._estimate_text_tokens({"messages": history})
+    assert estimate == 102 * 100_000  # uniform messages: the sample scales exactly
+    assert reads == {"items": calls._ESTIMATE_ITEMS, "iterations": 0}
+
+
 def test_user_price_function_and_cost_limit_stop_the_run() -> None:
     ag.configure(price=lambda model, usage: 0.01 * (usage.total or 0) / 100)
 

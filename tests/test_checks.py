@@ -296,3 +296,110 @@ def test_json_text_with_empty_results_is_an_anomaly_in_a_stream_too() -> None:
     assert not result.ok and "(the output is JSON)" in result.reasons[0]
     assert NotEmpty().evaluate('{"results": [1]}', ctx()).ok
     assert NotEmpty().evaluate("{not json", ctx()).ok
+
+
+# -- the success path's shortcuts give the same verdicts as the long way ----------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), max_size=40),
+    st.integers(min_value=1, max_value=12),
+)
+def test_memory_history_median_shortcut_equals_statistics_median_through_evictions(
+    values: list[float], window: int
+) -> None:
+    import statistics
+
+    hist = MemoryHistory(window=window)
+    for v in values:
+        hist.add("r", "length", v)
+        kept = hist.values("r", "length")
+        assert hist.count_and_median("r", "length") == (len(kept), statistics.median(kept))
+    if not values:
+        assert hist.count_and_median("r", "length") == (0, None)
+
+
+class ListHistory:
+    """A History with only the protocol's two methods (as a store's may be)."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str], list[float]] = {}
+
+    def values(self, key: str, metric: str) -> list[float]:
+        return list(self.data.get((key, metric), []))
+
+    def add(self, key: str, metric: str, value: float) -> None:
+        self.data.setdefault((key, metric), []).append(value)
+
+
+def test_length_vs_median_judges_the_same_with_and_without_the_median_shortcut() -> None:
+    lengths = [400.0, 380.0, 410.0, 395.0, 420.0, 405.0]
+    plain, fast = ListHistory(), history_of("length", lengths, key="r")
+    for v in lengths:
+        plain.add("r", "length", v)
+    check = LengthVsMedian(min_ratio=0.3)
+    for output in ("x" * 12, "x" * 400):
+        a = check.evaluate(output, CheckContext(route="r", duration=None, history=plain))
+        b = check.evaluate(output, CheckContext(route="r", duration=None, history=fast))
+        assert a == b
+    assert not check.evaluate("x" * 12, ctx("r", history=fast)).ok
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet="ERORabcdlimtquoa -_\nTrcebk(s)", max_size=60))
+def test_no_error_keywords_single_scan_agrees_with_each_pattern(text: str) -> None:
+    check = NoErrorKeywords()
+    expected = [label for label, rx in check._regexes if rx.search(text)]
+    result = check.evaluate(text, ctx())
+    assert result.ok == (not expected)
+    if expected:
+        assert result.anomalies[0].details["patterns"] == sorted(expected)
+
+
+def test_no_error_keywords_with_group_references_falls_back_to_each_pattern() -> None:
+    check = NoErrorKeywords({"doubled": r"(\w)\1", "shout": "(?i)help"})
+    assert check._any is None  # joining would renumber the group the reference names
+    assert not check.evaluate("aa", ctx()).ok
+    assert check.evaluate("ab", ctx()).ok
+    assert not check.evaluate("HeLp", ctx()).ok
+    assert NoErrorKeywords({"shout": "(?i)help"})._any is not None
+
+
+def test_a_passing_verdict_is_shared_and_cannot_be_changed_by_its_receiver() -> None:
+    first = NotEmpty().evaluate("a summary", ctx())
+    second = (NotEmpty() & NoErrorKeywords()).evaluate("another summary", ctx())
+    assert first.ok and second.ok and first is second
+    with pytest.raises(TypeError):
+        first.measured["length"] = 1.0  # type: ignore[index]
+    assert dict(first.measured) == {}
+
+
+def test_run_checks_context_is_an_ordinary_check_context() -> None:
+    seen: list[CheckContext] = []
+
+    class Spy(checks.Check):
+        name = "Spy"
+
+        def evaluate(self, output: object, context: CheckContext) -> checks.CheckResult:
+            seen.append(context)
+            return checks.CheckResult()
+
+    hist = MemoryHistory()
+    run_checks(Spy(), "x", route="r", duration=0.5, history=hist)
+    assert seen == [CheckContext(route="r", duration=0.5, history=hist)]
+    with pytest.raises(AttributeError):
+        seen[0].route = "other"  # type: ignore[misc]
+
+
+def test_a_check_can_be_called_standalone_without_building_a_context() -> None:
+    """`NotEmpty().check(x)` / `NotEmpty()(x)`: the one-liner a new user reaches for."""
+    history = ag.checks.MemoryHistory()
+    assert not ag.checks.NotEmpty().check("", history=history).ok
+    assert not ag.checks.NotEmpty()({"results": []}, history=history).ok
+    combined = ag.checks.NotEmpty() & ag.checks.NoErrorKeywords()
+    assert combined("Summary: 3 rows", history=history).ok
+    bad = combined("Traceback (most recent call last):\n  boom", route="r", history=history)
+    assert [a.check for a in bad.anomalies] == ["NoErrorKeywords"]
+    with pytest.raises(ag.ContentAnomaly):
+        bad.raise_for_anomaly("r")

@@ -941,6 +941,86 @@ def test_many_threads_keep_exact_counts(route: str) -> None:
     assert len([r for r in drain_orphan_events() if r[3] == "retry" and r[2] == route]) == 4000
 
 
+def test_buffered_first_attempt_successes_count_in_the_window_before_a_retried_call(
+    route: str, captured_alerts: list[ag.Alert]
+) -> None:
+    # first-attempt successes are buffered lock-free; they must still fill the window (in
+    # order) so the alert sees the right denominator and fires at the right call
+    fail_next = [False]
+
+    @ag.retry(route=route, attempts=2, on=TimeoutError, window=100, alert_min_calls=20)
+    def call() -> str:
+        if fail_next[0]:
+            fail_next[0] = False
+            raise TimeoutError
+        return "ok"
+
+    fired_at: list[int] = []
+    ag.on_alert(lambda a: fired_at.append(ag.retry_stats(route).calls))
+    pending_fold = retry_mod.PENDING_FOLD
+    with ag.set_testing(True):
+        for _ in range(pending_fold + 44):  # some folded at the threshold, some still buffered
+            call()
+        assert ag.retry_stats(route).calls == pending_fold + 44
+        for i in range(11):  # 11 retried calls: 11% of the last 100 only at the 11th
+            fail_next[0] = True
+            call()
+            assert fired_at == ([] if i < 10 else [pending_fold + 55]), i
+    stats = ag.retry_stats(route)
+    assert stats.calls == pending_fold + 55 and stats.retried == 11
+    assert stats.attempts == pending_fold + 55 + 11
+    assert [a.data["window"] for a in captured_alerts if a.kind == "retry.rate"] == [100]
+
+
+def test_mostly_successful_threads_lose_no_call_and_no_ledger_row_while_rows_drain(
+    route: str,
+) -> None:
+    rng = random.Random(11)
+    plan = [rng.random() < 0.01 for _ in range(40_000)]
+    counter = iter(range(10**9))
+    upstream = threading.Lock()
+
+    @ag.retry(route=route, attempts=3, on=TimeoutError, alert_rate=None)
+    def call() -> str:
+        with upstream:
+            i = next(counter)
+        if plan[i]:
+            raise TimeoutError
+        return "ok"
+
+    drained: list[tuple[Any, ...]] = []
+    stop = threading.Event()
+
+    def drainer() -> None:
+        while not stop.is_set():
+            drained.extend(drain_orphan_events())
+
+    def worker(_: int) -> None:
+        for _ in range(1000):
+            try:
+                call()
+            except ag.RetriesExhausted:
+                pass  # three failures in a row: counted as a call like any other
+
+    side = threading.Thread(target=drainer)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # interleave threads between bytecodes as often as possible
+    side.start()
+    try:
+        with ag.set_testing(True), ThreadPoolExecutor(8) as pool:
+            list(pool.map(worker, range(8)))
+    finally:
+        stop.set()
+        side.join()
+        sys.setswitchinterval(interval)
+    drained.extend(drain_orphan_events())
+    stats = ag.retry_stats(route)
+    assert stats.calls == 8000
+    assert stats.attempts == next(counter)
+    assert stats.retried > 0
+    assert len([r for r in drained if r[3] == "retry" and r[2] == route]) == 8000
+
+
 async def test_many_tasks_keep_exact_counts(route: str) -> None:
     rng = random.Random(9)
     calls = 0

@@ -12,7 +12,7 @@ from typing import Any
 
 from .budget import _current, _now
 
-__all__ = ["record_event", "drain_orphan_events"]
+__all__ = ["record_event", "append_row", "drain_orphan_events"]
 
 _orphans: list[tuple[Any, ...]] = []
 _orphans_lock = threading.Lock()
@@ -41,6 +41,24 @@ def record_event(
     if pool is not None:
         pool._ledger.append(row)
         return
+    append_row(row)
+
+
+def append_row(row: tuple[Any, ...]) -> None:
+    """Append a ready ledger row (its pool slot, `row[1]`, decides where it goes).
+
+    Hot-path form of `record_event` for callers that build the row themselves (`@ag.retry`
+    on its success path). Cost: one list append (lock-free: `list.append` is atomic, and
+    `drain_orphan_events` removes only the rows it copied); the lock is taken only to
+    truncate a full orphan list.
+    """
+    pool = row[1]
+    if pool is not None:
+        pool._ledger.append(row)
+        return
+    if len(_orphans) < MAX_ORPHANS:
+        _orphans.append(row)
+        return
     with _orphans_lock:
         if len(_orphans) >= MAX_ORPHANS:
             del _orphans[: MAX_ORPHANS // 2]
@@ -51,6 +69,6 @@ def record_event(
 def drain_orphan_events() -> list[tuple[Any, ...]]:
     """Take (and forget) the rows recorded outside any pool; the row's pool slot is None."""
     with _orphans_lock:
-        rows = list(_orphans)
-        _orphans.clear()
+        rows = _orphans[:]
+        del _orphans[: len(rows)]  # rows appended meanwhile (lock-free) stay for the next drain
     return rows

@@ -773,9 +773,11 @@ class BudgetPool:
         """Charge `charge` and reserve `reserve` on the whole chain, all or nothing."""
         if self._remote:
             return self._remote_admit(charge, reserve, route, function, kind)
-        for dim in itertools.chain(charge, reserve):
-            if dim not in self._spent:
-                self._unknown_dimension(dim)
+        spent = self._spent.keys()
+        if not (charge.keys() <= spent and reserve.keys() <= spent):
+            for dim in itertools.chain(charge, reserve):
+                if dim not in spent:
+                    self._unknown_dimension(dim)
         err: BudgetExceeded | None = None
         stopped: BudgetPool | None = None
         warns: list[tuple[BudgetPool, str]] | None = None
@@ -874,19 +876,25 @@ class BudgetPool:
         over: list[tuple[BudgetPool, str]] = []
         warns: list[tuple[BudgetPool, str]] | None = None
         bypasses: list[_BypassNote] | None = None
-        for dim in actual:
-            if dim not in self._spent:
-                self._unknown_dimension(dim)
+        if not actual.keys() <= self._spent.keys():
+            for dim in actual:
+                if dim not in self._spent:
+                    self._unknown_dimension(dim)
         with self._lock:
             for p in self._chain:
                 for dim, amount in reservation.reserved.items():
-                    p._reserved[dim] = max(0.0, p._reserved[dim] - amount)
+                    left = p._reserved[dim] - amount
+                    p._reserved[dim] = left if left > 0.0 else 0.0
+                limits = p.limits
+                marks = p._warn_marks
                 for dim, amount in actual.items():
                     p._spent[dim] += amount
-                    limit = p.limits.get(dim)
+                    if not limits and not marks:
+                        continue  # a pool that only counts (the common child pool)
+                    limit = limits.get(dim)
                     if limit is not None and p._spent[dim] + p._reserved[dim] > limit + _EPS:
                         over.append((p, dim))
-                    mark = p._warn_marks.get(dim)
+                    mark = marks.get(dim)
                     if mark is not None and p._spent[dim] + p._reserved[dim] >= mark:
                         del p._warn_marks[dim]
                         if dim == "tool_calls":

@@ -37,9 +37,11 @@ from typing import Any
 from . import _config, telemetry
 from .budget import _LLM_CHARGE, _current, _resolve
 from .calls import (
+    _MAX_TOKEN_KWARGS,
     CallInfo,
     _active_call,
     _call_listeners,
+    _estimate_text_tokens,
     _finish_llm,
     _llm_telemetry,
     _LLMSettings,
@@ -127,9 +129,11 @@ class _Request:
     __slots__ = (
         "annotate",
         "attempts",
+        "estimate",
         "info",
         "op",
         "owned",
+        "reserve",
         "sdk",
         "span",
         "t0",
@@ -148,6 +152,8 @@ class _Request:
         self.t0 = perf_counter()
         self.token_call: Token[CallInfo | None] | None = None
         self.token_request: Token[_Request | None] | None = None
+        self.reserve: dict[str, float] = {}
+        self.estimate: Usage | None = None  # built only when the usage is unknown
 
 
 _request: ContextVar[_Request | None] = ContextVar("agentguard_sdk_request", default=None)
@@ -352,11 +358,14 @@ def _build_request_wrapper(sdk: _Sdk, original: Callable[..., Any]) -> Callable[
 # -- one request ------------------------------------------------------------------------------
 
 
+_NO_BODY: Mapping[str, Any] = {}
+
+
 def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
     """Charge (or join the outer call), before anything is sent. Raises on refusal."""
     body = options.json_data
-    if not isinstance(body, Mapping):
-        body = {}
+    if type(body) is not dict and not isinstance(body, Mapping):
+        body = _NO_BODY
     outer = _active_call.get()
     if outer is not None and outer.kind == "llm":
         # One logical call, one charge: @ag.llm_call or an adapter already charged it.
@@ -365,12 +374,17 @@ def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
         return req
     s = op.settings
     pool = _current.get() or _resolve("LLM call", s.route, f"{s.name} (ag.instrument)")
-    reserve, model, estimate = _plan(s, pool, body, ())
+    estimate: Usage | None = None
+    cfg = _config._config
+    if (cfg.routes and s.route in cfg.routes) or any("cost_usd" in p.limits for p in pool._chain):
+        reserve, model, estimate = _plan(s, pool, body, ())
+    else:
+        reserve, model = _plan_plain(s, body, cfg.default_max_tokens)
     reservation = pool._admit(_LLM_CHARGE, reserve, s.route, s.name, "llm")
     info = CallInfo("llm", s.name, s.route, pool, reservation, model=model, provider=sdk.name)
-    info.extra["reserve"] = reserve
-    info.extra["estimate"] = estimate
     req = _Request(sdk, op, info, owned=True)
+    req.reserve = reserve
+    req.estimate = estimate
     try:
         if op.stream_usage and sdk.stream_usage and body.get("stream") is True:
             stream_options = body.get("stream_options")
@@ -389,6 +403,33 @@ def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
     req.token_call = _active_call.set(info)
     req.token_request = _request.set(req)
     return req
+
+
+def _plan_plain(
+    s: _LLMSettings, body: Mapping[str, Any], default_max_tokens: int
+) -> tuple[dict[str, float], str | None]:
+    """`calls._plan` for a JSON body when no route is configured and no pool limits cost.
+
+    Same reservation, without the price lookup or the estimate `Usage` (built only when the
+    response's usage turns out unreadable): the hot path of every instrumented request.
+    """
+    out = None
+    for key in _MAX_TOKEN_KWARGS:
+        value = body.get(key)
+        if isinstance(value, int) and value > 0:
+            out = value
+            break
+    if out is None:
+        out = s.max_tokens if s.max_tokens is not None else default_max_tokens
+    inp = s.input_tokens or _estimate_text_tokens(body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        model = s.model
+    return {
+        "input_tokens": float(inp),
+        "output_tokens": float(out),
+        "total_tokens": float(inp + out),
+    }, model
 
 
 def _detach(req: _Request) -> None:
@@ -458,7 +499,7 @@ _FIX_STREAM = (
 
 
 def _usage_of(req: _Request, result: Any) -> Usage | None:
-    extractors = _config.get_config().usage_extractors
+    extractors = _config._config.usage_extractors
     if isinstance(result, req.sdk.raw_response_types):
         http = getattr(result, "http_response", None)
         if http is None or not getattr(http, "is_stream_consumed", False):
@@ -518,14 +559,23 @@ def _settle(
     info = req.info
     info.duration = perf_counter() - req.t0
     s = req.op.settings
+    estimate = req.estimate
+    usage = info.usage
+    if estimate is None and (usage is None or not usage.known):
+        estimate = req.estimate = Usage(
+            input_tokens=int(req.reserve["input_tokens"]),
+            output_tokens=int(req.reserve["output_tokens"]),
+            model=info.model,
+            provider=s.provider,
+        )
     _finish_llm(
         s,
         info,
         result,
-        info.extra["reserve"],
+        req.reserve,
         info.model,
-        info.extra["estimate"],
-        source=source if info.usage is None else None,
+        estimate or _KNOWN,
+        source=source if usage is None else None,
         fix=fix,
         outcome=outcome,
     )
@@ -534,6 +584,9 @@ def _settle(
     _llm_telemetry(info, req.span, req.op.operation)
     if _call_listeners:
         _notify(info)
+
+
+_KNOWN = Usage()  # the estimate argument when the usage is known (then it is not read)
 
 
 def _charge_retry(req: _Request) -> None:
