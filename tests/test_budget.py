@@ -45,15 +45,8 @@ def test_call_over_the_limit_never_starts_and_names_everything() -> None:
     )
     assert err.function == "lookup" and err.route == "crm.lookup"
     text = str(err)
-    for part in (
-        "'triage'",
-        "tool_calls",
-        "limit of 2",
-        "2 spent",
-        "'lookup'",
-        "'crm.lookup'",
-        "Fix:",
-    ):
+    for part in ("'triage'", "tool_calls", "limit of 2", "2 spent", "'lookup'", "'crm.lookup'",
+                 "Fix:"):
         assert part in text
 
 
@@ -489,19 +482,9 @@ def test_errors_share_one_base() -> None:
     assert len(exceptions) >= 14
     for cls in exceptions:
         assert issubclass(cls, ag.AgentGuardError), cls
-    for cls in (
-        ag.BudgetExceeded,
-        ag.LoopDetected,
-        ag.NoActivePool,
-        ag.BudgetUnavailable,
-        ag.ToolArgumentError,
-        ag.CorrectionsExhausted,
-        ag.ContractViolation,
-        ag.ContentAnomaly,
-        ag.RetriesExhausted,
-        ag.BypassError,
-        ag.UnknownPrice,
-    ):
+    for cls in (ag.BudgetExceeded, ag.LoopDetected, ag.NoActivePool, ag.BudgetUnavailable,
+                ag.ToolArgumentError, ag.CorrectionsExhausted, ag.ContractViolation,
+                ag.ContentAnomaly, ag.RetriesExhausted, ag.BypassError, ag.UnknownPrice):
         assert issubclass(cls, ag.AgentGuardError)
 
 

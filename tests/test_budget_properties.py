@@ -29,7 +29,9 @@ limits_st = st.fixed_dictionaries(
         "total_tokens": st.integers(0, 400),
     },
 )
-amounts_st = st.dictionaries(st.sampled_from(DIMS), st.integers(0, 60), min_size=1, max_size=3)
+amounts_st = st.dictionaries(
+    st.sampled_from(DIMS), st.integers(0, 60), min_size=1, max_size=3
+)
 
 
 class Model:

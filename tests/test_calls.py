@@ -101,15 +101,8 @@ OPENAI_RESPONSE = {
             (5, 6, 11),
         ),
     ],
-    ids=[
-        "openai-obj",
-        "openai-dict",
-        "anthropic-obj",
-        "anthropic-dict",
-        "responses-api",
-        "langchain-aimessage",
-        "langchain-llmresult",
-    ],
+    ids=["openai-obj", "openai-dict", "anthropic-obj", "anthropic-dict", "responses-api",
+         "langchain-aimessage", "langchain-llmresult"],
 )
 def test_usage_is_read_from_the_shapes_people_get(response: Any, expected: tuple[int, ...]) -> None:
     usage = read_usage(response)

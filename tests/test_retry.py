@@ -73,9 +73,8 @@ def route(request: pytest.FixtureRequest) -> str:
 class Upstream:
     """A deterministic flaky upstream: fails with probability `p` (seeded), counts calls."""
 
-    def __init__(
-        self, p: float = 0.5, seed: int = 7, clock: VirtualClock | None = None, latency: float = 0.0
-    ) -> None:
+    def __init__(self, p: float = 0.5, seed: int = 7, clock: VirtualClock | None = None,
+                 latency: float = 0.0) -> None:
         self.rng = random.Random(seed)
         self.p = p
         self.calls = 0
@@ -152,29 +151,19 @@ def test_fifty_percent_failing_upstream_is_seen_in_spans_metrics_stats_and_alert
     assert sum(1 for c in calls if c.attributes["agentguard.retry.attempts"] > 1) == stats.retried
 
     # metrics
-    assert (
-        otel.counter_total(
-            reader,
-            "agentguard.retry.attempts",
-            **{"agentguard.route": route, "agentguard.outcome": "ok"},
-        )
-        == ok
-    )
-    assert (
-        otel.counter_total(
-            reader,
-            "agentguard.retry.attempts",
-            **{"agentguard.route": route, "agentguard.outcome": "exception"},
-        )
-        == upstream.calls - ok
-    )
-    assert (
-        otel.counter_total(reader, "agentguard.retry.calls_retried", **{"agentguard.route": route})
-        == stats.retried
-    )
+    assert otel.counter_total(
+        reader, "agentguard.retry.attempts",
+        **{"agentguard.route": route, "agentguard.outcome": "ok"},
+    ) == ok
+    assert otel.counter_total(
+        reader, "agentguard.retry.attempts",
+        **{"agentguard.route": route, "agentguard.outcome": "exception"},
+    ) == upstream.calls - ok
+    assert otel.counter_total(
+        reader, "agentguard.retry.calls_retried", **{"agentguard.route": route}
+    ) == stats.retried
     points = [
-        p
-        for p in otel.metric_points(reader, "agentguard.retry.duration")
+        p for p in otel.metric_points(reader, "agentguard.retry.duration")
         if p.attributes.get("agentguard.route") == route
     ]
     assert sum(p.count for p in points) == 1000
@@ -354,20 +343,13 @@ def test_a_check_that_raises_is_a_check_error_not_an_anomaly_and_is_not_retried(
         lambda: ag.NoActivePool(kind="llm_call", route="x", function="f"),
         lambda: ag.BudgetUnavailable("redis down", pool="run", backend="redis"),
         lambda: ag.CorrectionsExhausted(
-            tool="t",
-            rounds=4,
-            max_corrections=3,
+            tool="t", rounds=4, max_corrections=3,
             last=ag.ToolArgumentError(tool="t", problems=[]),
         ),
         lambda: ag.ToolArgumentError(tool="t", problems=[]),
     ],
-    ids=[
-        "BudgetExceeded",
-        "NoActivePool",
-        "BudgetUnavailable",
-        "CorrectionsExhausted",
-        "ToolArgumentError",
-    ],
+    ids=["BudgetExceeded", "NoActivePool", "BudgetUnavailable", "CorrectionsExhausted",
+         "ToolArgumentError"],
 )
 @pytest.mark.parametrize("on", [(Exception,), lambda exc: True], ids=["Exception", "predicate"])
 def test_terminal_errors_are_never_retried_even_with_on_exception(
@@ -610,13 +592,8 @@ def test_retry_budget_stops_a_storm_from_multiplying_the_load(
     upstream = Upstream(p=1.0)
 
     @ag.retry(
-        route=route,
-        attempts=3,
-        on=TimeoutError,
-        retry_budget=0.2,
-        retry_budget_min=2,
-        window=100,
-        alert_rate=None,
+        route=route, attempts=3, on=TimeoutError, retry_budget=0.2, retry_budget_min=2,
+        window=100, alert_rate=None,
     )
     def call() -> str:
         return upstream()
@@ -638,12 +615,8 @@ def test_retry_budget_stops_a_storm_from_multiplying_the_load(
 
 def test_a_bypass_of_the_retry_guard_lifts_the_budget_and_is_recorded(route: str) -> None:
     upstream = Upstream(p=1.0)
-    ag.bypass(
-        f"retry:{route}",
-        owner="sre@example.com",
-        reason="incident 42 replay",
-        expires=_config.get_config().clock.now().date().isoformat(),
-    )
+    ag.bypass(f"retry:{route}", owner="sre@example.com", reason="incident 42 replay",
+              expires=_config.get_config().clock.now().date().isoformat())
 
     @ag.retry(route=route, attempts=3, on=TimeoutError, retry_budget=0.1, retry_budget_min=0)
     def call() -> str:
@@ -657,12 +630,8 @@ def test_a_bypass_of_the_retry_guard_lifts_the_budget_and_is_recorded(route: str
 
 
 def test_a_bypassed_check_accepts_the_output_and_records_the_use(route: str) -> None:
-    ag.bypass(
-        f"checks:{route}.NotEmpty",
-        owner="ops@example.com",
-        reason="known empty feed",
-        expires=_config.get_config().clock.now().date().isoformat(),
-    )
+    ag.bypass(f"checks:{route}.NotEmpty", owner="ops@example.com", reason="known empty feed",
+              expires=_config.get_config().clock.now().date().isoformat())
 
     @ag.retry(route=route, checks=ag.checks.NotEmpty())
     def feed() -> list[int]:
@@ -870,13 +839,8 @@ def test_outcome_matches_the_documented_rule(script: list[str], attempts: int) -
     steps = list(script) + ["ok"] * attempts
     served = 0
 
-    @ag.retry(
-        route="prop",
-        attempts=attempts,
-        on=TimeoutError,
-        checks=ag.checks.NotEmpty(),
-        alert_rate=None,
-    )
+    @ag.retry(route="prop", attempts=attempts, on=TimeoutError, checks=ag.checks.NotEmpty(),
+              alert_rate=None)
     def call() -> str:
         nonlocal served
         step = steps[served]
@@ -1064,11 +1028,7 @@ def test_the_retry_example_tells_the_catalog_story() -> None:
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     out = subprocess.run(
         [sys.executable, str(root / "examples" / "retry_visibility.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
+        capture_output=True, text=True, env=env, timeout=120, check=True,
     ).stdout
     assert "1875 upstream calls (1.875x)" in out
     assert "summarize   1000    51.6%          1.875" in out
@@ -1085,13 +1045,8 @@ def test_agentguard_audit_prints_the_retry_table_from_the_store(
     ag.configure(store=path)
     upstream = Upstream(p=0.5, seed=76, clock=clock, latency=0.8)
 
-    @ag.retry(
-        route="audit.summarize",
-        attempts=4,
-        on=TimeoutError,
-        wait=ag.wait.exponential(initial=3, max=12, jitter=0),
-        alert_rate=None,
-    )
+    @ag.retry(route="audit.summarize", attempts=4, on=TimeoutError,
+              wait=ag.wait.exponential(initial=3, max=12, jitter=0), alert_rate=None)
     @ag.llm_call(route="audit.summarize", max_tokens=10)
     def summarize() -> str:
         text = upstream()
@@ -1109,7 +1064,7 @@ def test_agentguard_audit_prints_the_retry_table_from_the_store(
     capfd.readouterr()
     assert main(["audit", "--store", str(path), "--since", "all"]) == 0
     out = capfd.readouterr().out
-    section = out[out.index("Retries (@ag.retry)") :]
+    section = out[out.index("Retries (@ag.retry)"):]
     assert "1000 call(s) on 1 route(s)" in section and "1.875 attempts per call" in section
     line = next(row for row in section.splitlines() if "audit.summarize" in row)
     assert line.split()[1:4] == ["1000", "51.6%", "1.875"]

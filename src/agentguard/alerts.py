@@ -140,7 +140,6 @@ def _run_awaitable(hook: object, alert: Alert, awaitable: Awaitable[None]) -> No
     except RuntimeError:
         loop = None
     if loop is not None:
-
         async def run() -> None:
             await awaitable
 

@@ -300,7 +300,9 @@ class BudgetPool:
             self._spent[dim] = 0.0
             self._reserved[dim] = 0.0
         self._warn_marks: dict[str, float] = (
-            {dim: limit * warn_at for dim, limit in limits.items() if limit > 0} if warn_at else {}
+            {dim: limit * warn_at for dim, limit in limits.items() if limit > 0}
+            if warn_at
+            else {}
         )
         self._stopped: BudgetExceeded | None = None
         self._children: list[BudgetPool] = []

@@ -50,7 +50,6 @@ _tool_names: set[str] = set()
 """Names of every `@tool_call` function (its tool name and its `__name__`): adapters that
 only see a tool's name (LangChain callbacks) leave these to the decorator, which charges them."""
 
-
 class ToolClaim:
     """An adapter charged one call of `tool` before its body (the LangChain callback handler):
     the first `@tool_call` wrapper of that name inside the body takes the claim and skips its
@@ -275,7 +274,6 @@ def tool_call(
                 return False
             claim.taken = True
             return True
-
         _tool_names.update((tool, func.__name__))
 
         def after(pool: BudgetPool, result: Any) -> None:
@@ -634,7 +632,9 @@ def llm_call(
 
         def finish(info: CallInfo, result: Any, t0: float, span: Any) -> None:
             info.duration = perf_counter() - t0
-            _finish_llm(s, info, result, info.extra["reserve"], info.model, info.extra["estimate"])
+            _finish_llm(
+                s, info, result, info.extra["reserve"], info.model, info.extra["estimate"]
+            )
             _llm_telemetry(info, span)
             if _call_listeners:
                 _notify(info)

@@ -349,7 +349,8 @@ class AllOf(Check):
         for c in self.checks:
             if not isinstance(c, Check):
                 raise ConfigurationError(
-                    f"checks compose with &: expected agentguard.checks.Check instances, got {c!r}."
+                    f"checks compose with &: expected agentguard.checks.Check instances, got "
+                    f"{c!r}."
                 )
         self.uses_history = any(c.uses_history for c in self.checks)
 
@@ -450,16 +451,12 @@ class NotEmpty(Check):
         if isinstance(output, Mapping):
             if not output:
                 return "the output is an empty mapping {}"
-            if (
-                depth < 2
-                and all(
-                    self._why_empty(v, depth + 1) is not None
-                    for v in output.values()
-                    if isinstance(v, (list, tuple, Mapping, str)) or v is None
-                )
-                and all(
-                    isinstance(v, (list, tuple, Mapping, str)) or v is None for v in output.values()
-                )
+            if depth < 2 and all(
+                self._why_empty(v, depth + 1) is not None
+                for v in output.values()
+                if isinstance(v, (list, tuple, Mapping, str)) or v is None
+            ) and all(
+                isinstance(v, (list, tuple, Mapping, str)) or v is None for v in output.values()
             ):
                 keys = ", ".join(repr(k) for k in list(output)[:3])
                 return f"every value of the mapping is empty ({keys})"
@@ -641,7 +638,8 @@ class NoErrorKeywords(Check):
             self._regexes = tuple((label, re.compile(rx)) for label, rx in patterns.items())
         except re.error as exc:
             raise ConfigurationError(
-                f"NoErrorKeywords: invalid regular expression ({exc}); patterns: {patterns!r}"
+                f"NoErrorKeywords: invalid regular expression ({exc}); patterns: "
+                f"{patterns!r}"
             ) from exc
         self._any = _alternation(list(patterns.values()))
 
@@ -941,7 +939,8 @@ def report_anomalies(
     emit_alert(
         Alert(
             kind="content.anomaly",
-            message=f"content check failed for {subject} of {where}: " + "; ".join(result.reasons),
+            message=f"content check failed for {subject} of {where}: "
+            + "; ".join(result.reasons),
             guard_id=f"checks:{route or '*'}.{result.anomalies[0].check}",
             pool=pool.name if pool is not None else None,
             route=route,

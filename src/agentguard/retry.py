@@ -480,7 +480,9 @@ def _reset_stats() -> None:
                         setattr(stats, key, value)
 
 
-def _rate_alert(policy: _Policy, n: int, retried: int, extra: int, reasons: Counter[str]) -> Alert:
+def _rate_alert(
+    policy: _Policy, n: int, retried: int, extra: int, reasons: Counter[str]
+) -> Alert:
     route = policy.route
     rate = retried / n
     dominant, count = reasons.most_common(1)[0] if reasons else ("unknown", 0)
@@ -511,9 +513,7 @@ def _rate_alert(policy: _Policy, n: int, retried: int, extra: int, reasons: Coun
 # -- the policy of one decorator or loop --------------------------------------------------------
 
 
-def _normalize_on(
-    on: OnSpec | Iterable[type[Exception]] | None, where: str
-) -> tuple[
+def _normalize_on(on: OnSpec | Iterable[type[Exception]] | None, where: str) -> tuple[
     tuple[type[Exception], ...], tuple[type[Exception], ...], Callable[[Exception], bool] | None
 ]:
     if on is None:
@@ -704,7 +704,9 @@ class _Policy:
         `CheckError`, never an anomaly of the output."""
         assert self.check is not None
         try:
-            return run_checks(self.check, value, route=self.route, duration=duration, report=False)
+            return run_checks(
+                self.check, value, route=self.route, duration=duration, report=False
+            )
         except Exception as err:
             name = _culprit(self.check, err)
             raise CheckError(
@@ -899,7 +901,9 @@ class _Call:
             span.end()
         if telemetry.metrics_enabled():
             policy = self.policy
-            telemetry.counter(telemetry.METRIC.RETRY_ATTEMPTS).add(1, policy.attempt_attrs[outcome])
+            telemetry.counter(telemetry.METRIC.RETRY_ATTEMPTS).add(
+                1, policy.attempt_attrs[outcome]
+            )
 
     def elapsed(self) -> float:
         return self.clock.monotonic() - self.attempt_t0
@@ -941,9 +945,8 @@ class _Call:
         if telemetry.metrics_enabled():  # a retried anomaly: the metric, no alert
             anomalies = telemetry.counter(telemetry.METRIC.ANOMALIES)
             for a in verdict.anomalies:
-                anomalies.add(
-                    1, {telemetry.ATTR.ROUTE: self.policy.route, telemetry.ATTR.CHECK: a.check}
-                )
+                anomalies.add(1, {telemetry.ATTR.ROUTE: self.policy.route,
+                                  telemetry.ATTR.CHECK: a.check})
         return wait
 
     def exception(self, exc: BaseException) -> float | None:
@@ -1025,13 +1028,13 @@ class _Call:
             f"retry_budget={policy.retry_budget:g}, minimum {policy.retry_budget_min})"
         )
         if telemetry.metrics_enabled():
-            telemetry.counter(telemetry.METRIC.RETRY_BUDGET_EXHAUSTED).add(1, policy.retried_attrs)
+            telemetry.counter(telemetry.METRIC.RETRY_BUDGET_EXHAUSTED).add(
+                1, policy.retried_attrs
+            )
         entry = active_bypass(policy.guard_id)
         if entry is not None:
             record_bypass_use(
-                entry,
-                policy.guard_id,
-                would_have=f"would have stopped retrying: {detail}",
+                entry, policy.guard_id, would_have=f"would have stopped retrying: {detail}",
                 route=policy.route,
             )
             return
@@ -1121,15 +1124,16 @@ class _Call:
             detail["stop"] = stop
         if error_type is not None:
             detail["error.type"] = error_type
-        record_event(
-            "retry", outcome=outcome, route=policy.route, guard_id=policy.guard_id, detail=detail
-        )
+        record_event("retry", outcome=outcome, route=policy.route, guard_id=policy.guard_id,
+                     detail=detail)
         if telemetry.metrics_enabled():
             telemetry.histogram(
                 telemetry.METRIC.RETRY_DURATION, buckets=telemetry.DURATION_BUCKETS
             ).record(total, policy.call_attrs[outcome])
             if attempts > 1:
-                telemetry.counter(telemetry.METRIC.RETRY_CALLS_RETRIED).add(1, policy.retried_attrs)
+                telemetry.counter(telemetry.METRIC.RETRY_CALLS_RETRIED).add(
+                    1, policy.retried_attrs
+                )
         span = self.span
         if span is not None:
             if self.attempt_span is not None:  # interrupted inside an attempt we never ended
@@ -1391,7 +1395,9 @@ def retry(
                         _traced_ok(traced)
                     finish_ok(duration)
                     return result
-                checked = _first_checked(policy, func, args, kwargs, t0, result, duration, traced)
+                checked = _first_checked(
+                    policy, func, args, kwargs, t0, result, duration, traced
+                )
                 if checked is None:
                     return result
                 call, wait = checked, checked.wait_before
@@ -1625,10 +1631,7 @@ def _row_fields(row: Any) -> tuple[Any, Any, Any, Any]:
     """(kind, route, outcome, detail) of a `LedgerRow`, a mapping, or a raw ledger tuple."""
     if isinstance(row, Mapping):
         kind, route, outcome, detail = (
-            row.get("kind"),
-            row.get("route"),
-            row.get("outcome"),
-            row.get("detail"),
+            row.get("kind"), row.get("route"), row.get("outcome"), row.get("detail")
         )
     elif hasattr(row, "kind"):
         kind, route, outcome, detail = row.kind, row.route, row.outcome, row.detail
@@ -1697,15 +1700,8 @@ def _fmt_s(value: float | None) -> str:
 
 
 _TABLE_HEADER = (
-    "route",
-    "calls",
-    "retried",
-    "attempts/call",
-    "failed",
-    "p50 first",
-    "p50 after",
-    "p99 first",
-    "p99 after",
+    "route", "calls", "retried", "attempts/call", "failed",
+    "p50 first", "p50 after", "p99 first", "p99 after",
 )
 
 
@@ -1754,8 +1750,9 @@ def audit_section(ctx: Any) -> Any:
     calls = sum(s.calls for s in stats.values())
     retried = sum(s.retried for s in stats.values())
     attempts = sum(s.attempts for s in stats.values())
-    summary = f"{calls} call(s) on {len(stats)} route(s), {retried} needed a retry" + (
-        f", {attempts / calls:.3f} attempts per call" if calls else ""
+    summary = (
+        f"{calls} call(s) on {len(stats)} route(s), {retried} needed a retry"
+        + (f", {attempts / calls:.3f} attempts per call" if calls else "")
     )
     return AuditSection(
         title="Retries (@ag.retry)",

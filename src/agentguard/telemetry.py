@@ -130,24 +130,7 @@ _histograms: dict[str, Any] = {}
 
 # Buckets for durations that include retries and backoff: reach 30 minutes (cron jobs too).
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    20,
-    40,
-    60,
-    120,
-    300,
-    600,
-    1800,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300, 600, 1800,
 )
 
 
