@@ -28,6 +28,7 @@ from . import _config, telemetry
 from ._argcheck import compile_arguments
 from .budget import _LLM_CHARGE, _TOOL_CHARGE, BudgetPool, Reservation, _current, _resolve
 from .errors import ConfigurationError, UnknownPrice
+from .telemetry import _trace_globals
 from .telemetry import tracing_enabled as _tracing
 from .usage import Usage, UsageExtractor, read_usage, resolve_price
 
@@ -40,6 +41,11 @@ logger = logging.getLogger("agentguard")
 _UNSET: Any = object()
 
 _get_pool = _current.get
+
+# Hot path: one dict read says "no tracer provider was ever set" before the full check.
+_TP = "_TRACER_PROVIDER"
+_tp_get = _trace_globals.get
+_NO_TP_GLOBAL = _TP not in _trace_globals  # an API without the global: always ask
 _call_listeners: list[Callable[[CallInfo], None]] = []
 """Called after each guarded call finishes (instrumentation; costs every tool call)."""
 _llm_listeners: list[Callable[[CallInfo], None]] = []
@@ -324,7 +330,11 @@ def tool_call(
                         pool._charge_tool(
                             tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
                         )
-                span = _tool_span(tool, rte, pool) if _tracing() else None
+                span = (
+                    _tool_span(tool, rte, pool)
+                    if (_NO_TP_GLOBAL or _tp_get(_TP) is not None) and _tracing()
+                    else None
+                )
                 t0 = perf_counter()
                 try:
                     result = await afunc(*args, **kwargs)
@@ -353,7 +363,11 @@ def tool_call(
                 pool._charge_tool(
                     tool, rte, args, kwargs, loop_limit if fixed_loop else pool._loop_limit
                 )
-            span = _tool_span(tool, rte, pool) if _tracing() else None
+            span = (
+                _tool_span(tool, rte, pool)
+                if (_NO_TP_GLOBAL or _tp_get(_TP) is not None) and _tracing()
+                else None
+            )
             t0 = perf_counter()
             try:
                 result = func(*args, **kwargs)
