@@ -116,6 +116,7 @@ class _Sdk:
         self.patches: list[tuple[type, str, Any, Any]] = []
         self.stream_types: tuple[type, ...] = ()
         self.async_stream_types: tuple[type, ...] = ()
+        self.any_stream_types: tuple[type, ...] = ()
         self.raw_response_types: tuple[type, ...] = ()
 
 
@@ -238,6 +239,7 @@ def _install(sdk: _Sdk) -> None:
         raw.append(importlib.import_module(f"{sdk.name}._legacy_response").LegacyAPIResponse)
     sdk.stream_types = (streaming.Stream,)
     sdk.async_stream_types = (streaming.AsyncStream,)
+    sdk.any_stream_types = (streaming.Stream, streaming.AsyncStream)
     sdk.raw_response_types = tuple(raw)
     targets = [
         (base.SyncAPIClient, "request", _sync_request_wrapper),
@@ -302,7 +304,10 @@ def _op_for(sdk: _Sdk, options: Any) -> _Op | None:
 def _sync_request_wrapper(sdk: _Sdk, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def request(self: Any, cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
-        op = _op_for(sdk, options) if sdk.active else None
+        # `_op_for`, inlined: this runs on every request the SDK sends.
+        method = getattr(options, "method", "") if sdk.active else ""
+        url = getattr(options, "url", "") if method == "post" or method == "POST" else ""
+        op = sdk.ops.get(url.partition("?")[0]) if isinstance(url, str) and url else None
         if op is None:
             return original(self, cast_to, options, *args, **kwargs)
         req = _begin(sdk, op, self, options)
@@ -312,7 +317,10 @@ def _sync_request_wrapper(sdk: _Sdk, original: Callable[..., Any]) -> Callable[.
             _fail(req, exc)
             raise
         finally:
-            _detach(req)
+            if req.token_request is not None:  # `_detach`, inlined
+                _request.reset(req.token_request)
+            if req.token_call is not None:
+                _active_call.reset(req.token_call)
         return _done(req, result)
 
     request.__agentguard_instrument__ = True  # type: ignore[attr-defined]
@@ -376,7 +384,13 @@ def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
     pool = _current.get() or _resolve("LLM call", s.route, f"{s.name} (ag.instrument)")
     estimate: Usage | None = None
     cfg = _config._config
-    if (cfg.routes and s.route in cfg.routes) or any("cost_usd" in p.limits for p in pool._chain):
+    priced = bool(cfg.routes) and s.route in cfg.routes
+    if not priced:
+        for p in pool._chain:  # a loop, not any(<genexpr>): no generator per request
+            if "cost_usd" in p.limits:
+                priced = True
+                break
+    if priced:
         reserve, model, estimate = _plan(s, pool, body, ())
     else:
         reserve, model = _plan_plain(s, body, cfg.default_max_tokens)
@@ -462,13 +476,12 @@ def _fail(req: _Request, exc: BaseException) -> None:
 
 def _done(req: _Request, result: Any) -> Any:
     sdk = req.sdk
-    if isinstance(result, sdk.stream_types):
+    if isinstance(result, sdk.any_stream_types):  # one check on the common (parsed) path
         if req.owned:
-            _watch_sync_stream(result, _StreamWatch(req))
-        return result
-    if isinstance(result, sdk.async_stream_types):
-        if req.owned:
-            _watch_async_stream(result, _StreamWatch(req))
+            if isinstance(result, sdk.stream_types):
+                _watch_sync_stream(result, _StreamWatch(req))
+            else:
+                _watch_async_stream(result, _StreamWatch(req))
         return result
     usage = _usage_of(req, result)
     if not req.owned:
