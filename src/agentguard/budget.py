@@ -651,10 +651,11 @@ class BudgetPool:
         loop_key = 0
         if loop_limit is not None:
             try:
-                loop_key = hash((tool, args, frozenset(kwargs.items()))) if kwargs else hash(args)
+                loop_key = (
+                    hash((tool, args, frozenset(kwargs.items()))) if kwargs else hash((tool, args))
+                )
             except TypeError:  # unhashable arguments (dicts, lists): hash their repr instead
-                loop_key = hash((repr(args), repr(sorted(kwargs.items(), key=_first))))
-            loop_key ^= hash(tool)
+                loop_key = hash((tool, repr(args), repr(sorted(kwargs.items(), key=_first))))
         if self._simple:
             # Fast path: a lone in-memory pool with no deadline, well inside its limit and its
             # warn mark, and (when guarded) a loop count below the limit. Anything else takes
