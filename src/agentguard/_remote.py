@@ -40,6 +40,7 @@ from .budget import (
     _first,
     _now,
     _num,
+    _overrun_error,
     _report_bypasses,
 )
 from .bypasses import lookup_bypass
@@ -1128,39 +1129,13 @@ def _settled(r: RemoteReservation, actual: Mapping[str, float], reply: Any) -> N
         p = plan.remote[int(overs[at]) - 1]
         dim = overs[at + 1]
         spent, limit = float(overs[at + 2]), float(overs[at + 3])
-        err_o = BudgetExceeded(
-            f"budget pool {p.name!r} overran its {dim} limit of {_num(limit)} (shared in "
-            f"Redis): the call from route {r.route!r} reported {_num(actual.get(dim, 0.0))} "
-            f"{dim} against {_num(r.reserved.get(dim, 0.0))} reserved for it, bringing the "
-            f"pool to {_num(spent)}. The usage already happened, so it is recorded as spent "
-            f"and the pool is now stopped in every process. Fix: reserve enough before the "
-            f"call (max_tokens= on the call or ag.configure_route(...)), or raise the limit.",
-            pool=p.name,
-            dimension=dim,
-            limit=limit,
-            spent=spent,
-            requested=actual.get(dim, 0.0),
-            route=r.route,
-            function=r.function,
-            charged_pool=pool.name,
-        )
+        err_o = _overrun_error(p, dim, limit, spent, actual, r, pool, shared=True)
         with pool._lock:
             if p._stopped is None:
                 p._stopped = err_o
                 first = first or (p, err_o)
     if first is not None:
-        emit_alert(
-            Alert(
-                kind="budget.overrun",
-                message=str(first[1]),
-                guard_id=f"budget:{first[0].name}",
-                pool=first[0].name,
-                route=r.route,
-                run_id=pool.run_id,
-                severity="error",
-            )
-        )
-        pool._after_stop(first[0], first[1], alert=False)
+        pool._overrun_stopped(first[0], first[1], r.route)
     pool._settle(r, actual)
     if reply[1] == "1" and r.rid:
         pool._ledger.append(

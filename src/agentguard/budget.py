@@ -912,43 +912,33 @@ class BudgetPool:
                     bypasses = _limit_bypass(p, dim, used, bypasses, verb="stopped the pool at")
                     if _let_through(bypasses, p):
                         continue
-                    err = BudgetExceeded(
-                        f"budget pool {p.name!r} overran its {dim} limit of "
-                        f"{_num(p.limits[dim])}: the call from route {reservation.route!r} "
-                        f"reported {_num(actual[dim])} {dim} against "
-                        f"{_num(reservation.reserved.get(dim, 0.0))} reserved for it, bringing "
-                        f"the pool to {_num(p._spent[dim])}. The usage already happened, so it "
-                        f"is recorded as spent and the pool is now stopped. Fix: reserve "
-                        f"enough before the call (max_tokens= on the call or "
-                        f"ag.configure_route(...)), or raise the limit.",
-                        pool=p.name,
-                        dimension=dim,
-                        limit=p.limits[dim],
-                        spent=p._spent[dim],
-                        requested=actual[dim],
-                        route=reservation.route,
-                        function=reservation.function,
-                        charged_pool=self.name,
+                    err = _overrun_error(
+                        p, dim, p.limits[dim], p._spent[dim], actual, reservation, self
                     )
                     p._stopped = err
                     first_err = first_err or (p, err)
         if bypasses:
             _report_bypasses(bypasses, reservation.route, reservation.function)
         if first_err is not None:
-            emit_alert(
-                Alert(
-                    kind="budget.overrun",
-                    message=str(first_err[1]),
-                    guard_id=f"budget:{first_err[0].name}",
-                    pool=first_err[0].name,
-                    route=reservation.route,
-                    run_id=self.run_id,
-                    severity="error",
-                )
-            )
-            self._after_stop(first_err[0], first_err[1], alert=False)
+            self._overrun_stopped(first_err[0], first_err[1], reservation.route)
         if warns:
             self._emit_warns(warns, reservation.route)
+
+    def _overrun_stopped(self, stopped: BudgetPool, err: BudgetExceeded, route: str | None) -> None:
+        """Report an overrun that stopped `stopped`: one `budget.overrun` alert, then the stop
+        listeners (dead letter). Called outside the lock, by in-memory and remote settles."""
+        emit_alert(
+            Alert(
+                kind="budget.overrun",
+                message=str(err),
+                guard_id=f"budget:{stopped.name}",
+                pool=stopped.name,
+                route=route,
+                run_id=self.run_id,
+                severity="error",
+            )
+        )
+        self._after_stop(stopped, err, alert=False)
 
     def _release(self, reservation: Reservation) -> None:
         with self._lock:
@@ -1114,6 +1104,39 @@ class BudgetPool:
         from ._remote import aremote_admit
 
         return await aremote_admit(self, {}, amounts, route, function, "reserve")
+
+
+def _overrun_error(
+    p: BudgetPool,
+    dim: str,
+    limit: float,
+    spent: float,
+    actual: Mapping[str, float],
+    reservation: Reservation,
+    charged: BudgetPool,
+    *,
+    shared: bool = False,
+) -> BudgetExceeded:
+    """The error that stops a pool whose settled usage went past a limit (it happened: the
+    usage stays spent). `shared` for a pool whose state lives in a distributed backend."""
+    where = " (shared in Redis)" if shared else ""
+    everywhere = " in every process" if shared else ""
+    return BudgetExceeded(
+        f"budget pool {p.name!r} overran its {dim} limit of {_num(limit)}{where}: the call "
+        f"from route {reservation.route!r} reported {_num(actual.get(dim, 0.0))} {dim} against "
+        f"{_num(reservation.reserved.get(dim, 0.0))} reserved for it, bringing the pool to "
+        f"{_num(spent)}. The usage already happened, so it is recorded as spent and the pool "
+        f"is now stopped{everywhere}. Fix: reserve enough before the call (max_tokens= on the "
+        f"call or ag.configure_route(...)), or raise the limit.",
+        pool=p.name,
+        dimension=dim,
+        limit=limit,
+        spent=spent,
+        requested=actual.get(dim, 0.0),
+        route=reservation.route,
+        function=reservation.function,
+        charged_pool=charged.name,
+    )
 
 
 class Reservation:
