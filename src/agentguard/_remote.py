@@ -37,7 +37,7 @@ from .budget import (
     BudgetPool,
     Reservation,
     _BypassNote,
-    _first,
+    _loop_key,
     _now,
     _num,
     _overrun_error,
@@ -1040,17 +1040,10 @@ def _loop_guard(
     loop_limit: int,
 ) -> None:
     """The per-process loop guard of a tool call on a Redis-backed pool (raises LoopDetected)."""
-    try:
-        loop_key = hash((tool, args, frozenset(kwargs.items()))) if kwargs else hash(args)
-    except TypeError:  # unhashable arguments: hash their repr instead
-        loop_key = hash((repr(args), repr(sorted(kwargs.items(), key=_first))))
-    loop_key ^= hash(tool)
+    loop_key = _loop_key(tool, args, kwargs)
     err: LoopDetected | None = None
     with pool._lock:
-        loop = pool._loop
-        cur = loop.cur
-        mine = cur.get(loop_key, 0) + 1
-        n = mine + loop.prev.get(loop_key, 0)
+        n = pool._loop.hit(loop_key, loop_limit)
         if n > loop_limit:
             err = LoopDetected(
                 pool=pool.name,
@@ -1063,13 +1056,6 @@ def _loop_guard(
             if pool._stopped is None:
                 pool._stopped = err
             pool._ledger.append((_now(), pool, route, "tool", {}, "refused", None, ("loop",), None))
-        else:
-            cur[loop_key] = mine
-            loop.n += 1
-            if loop.n >= loop.half:
-                loop.prev = cur
-                loop.cur = {}
-                loop.n = 0
     if err is not None:
         pool._after_stop(pool, err)
         raise err
