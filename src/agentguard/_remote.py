@@ -406,6 +406,7 @@ def _apply_open(p: BudgetPool, key: str, parent_key: str, reply: list[str]) -> N
                 p._spent[dim] = 0.0
                 p._reserved[dim] = 0.0
                 p.custom_dimensions = p.custom_dimensions | {dim}
+        p._update_gate()
         return
     if set(stored) != set(p.limits) or any(abs(stored[d] - p.limits[d]) > _EPS for d in stored):
         raise ConfigurationError(
@@ -522,6 +523,7 @@ def _local_admit(
                             del p._warn_marks[dim]
                             if dim == "tool_calls":
                                 p._tool_warn = None
+                            p._update_gate()
                             warns = warns or []
                             warns.append((p, dim))
             pool._charged = True
@@ -637,6 +639,7 @@ def _remote_warn(
         p._warn_marks.pop(dim, None)
         if dim == "tool_calls":
             p._tool_warn = None
+        p._update_gate()
     emit_alert(
         Alert(
             kind="budget.warn",

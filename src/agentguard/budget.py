@@ -373,6 +373,16 @@ class BudgetPool:
             gate = min(gate, self._tool_warn)
         self._tool_gate = gate
         self._simple = self._parent is None and not self._remote and not self._chain_deadline
+        # The same idea for `_admit` / `_settle` on any in-memory chain without deadline: per
+        # limited dimension, the level below which nothing can happen (no refusal, no warn).
+        # Below every gate of every pool in the chain, the fast paths apply the amounts and
+        # nothing else; at or above one, the general path decides. A gate that is stale
+        # (its warn mark already fired) is lower than the real one: only slower, never wrong.
+        gates: dict[str, float] = {dim: limit + _EPS for dim, limit in self.limits.items()}
+        for dim, mark in self._warn_marks.items():
+            gates[dim] = min(mark, gates.get(dim, math.inf))
+        self._gates: tuple[tuple[str, float], ...] = tuple(gates.items())
+        self._fast = not self._remote and not self._chain_deadline
 
     @staticmethod
     def _check_limit(dim: str, value: Any) -> float:
@@ -800,6 +810,37 @@ class BudgetPool:
             for dim in itertools.chain(charge, reserve):
                 if dim not in spent:
                     self._unknown_dimension(dim)
+        if self._fast:
+            # Fast path (every LLM call goes through here): no pool of the chain stopped,
+            # and every limited dimension stays below its gate (see `_update_gate`).
+            lock = self._lock
+            lock.acquire()
+            for p in self._chain:
+                if p._stopped is not None:
+                    break
+                gates = p._gates
+                if gates:
+                    sp = p._spent
+                    rs = p._reserved
+                    for dim, gate in gates:
+                        if sp[dim] + rs[dim] + charge.get(dim, 0.0) + reserve.get(dim, 0.0) >= gate:
+                            break
+                    else:
+                        continue
+                    break
+            else:
+                for p in self._chain:
+                    sp = p._spent
+                    for dim, amount in charge.items():
+                        sp[dim] += amount
+                    rs = p._reserved
+                    for dim, amount in reserve.items():
+                        rs[dim] += amount
+                if not self._charged:
+                    self._charged = self._root._charged = True
+                lock.release()
+                return Reservation(self, charge, reserve, route, function, kind)
+            lock.release()
         err: BudgetExceeded | None = None
         stopped: BudgetPool | None = None
         warns: list[tuple[BudgetPool, str]] | None = None
@@ -819,9 +860,8 @@ class BudgetPool:
                 limits = p.limits
                 if not limits:
                     continue
-                for dim in set(charge) | set(reserve):
-                    limit = limits.get(dim)
-                    if limit is None:
+                for dim, limit in limits.items():  # a pool's few limits, not every amount
+                    if dim not in charge and dim not in reserve:
                         continue
                     need = charge.get(dim, 0.0) + reserve.get(dim, 0.0)
                     if p._spent[dim] + p._reserved[dim] + need > limit + _EPS:
@@ -846,11 +886,11 @@ class BudgetPool:
                                 del p._warn_marks[dim]
                                 if dim == "tool_calls":
                                     p._tool_warn = None
-                                    p._update_gate()
+                                p._update_gate()
                                 warns = warns or []
                                 warns.append((p, dim))
-                self._charged = True
-                self._root._charged = True
+                if not self._charged:
+                    self._charged = self._root._charged = True
             else:
                 if stopped is not None:
                     stopped._stopped = err
@@ -865,7 +905,9 @@ class BudgetPool:
             raise err
         if warns:
             self._emit_warns(warns, route)
-        return Reservation(self, dict(charge), dict(reserve), route, function, kind)
+        # Not copied: every caller hands over a fresh dict or a module constant, and a
+        # reservation never changes its amounts.
+        return Reservation(self, charge, reserve, route, function, kind)
 
     def _tool_row(
         self,
@@ -893,8 +935,15 @@ class BudgetPool:
             f"or correct the name."
         )
 
-    def _settle(self, reservation: Reservation, actual: Mapping[str, float]) -> None:
-        """Return the reservation and charge `actual` (may overrun: the pool then stops)."""
+    def _settle(
+        self, reservation: Reservation, actual: Mapping[str, float], once: bool = False
+    ) -> bool:
+        """Return the reservation and charge `actual` (may overrun: the pool then stops).
+
+        `once=True` (an in-memory `Reservation.settle`): mark the reservation finished under
+        the pool's lock, and return False, doing nothing, when it already was. The remote
+        path marks it itself (`Reservation._finish`) before the round trip.
+        """
         over: list[tuple[BudgetPool, str]] = []
         warns: list[tuple[BudgetPool, str]] | None = None
         bypasses: list[_BypassNote] | None = None
@@ -902,7 +951,13 @@ class BudgetPool:
             for dim in actual:
                 if dim not in self._spent:
                     self._unknown_dimension(dim)
+        if self._fast and self._settle_fast(reservation, actual, once):
+            return True
         with self._lock:
+            if once:
+                if reservation.done:
+                    return False
+                reservation.done = True
             for p in self._chain:
                 for dim, amount in reservation.reserved.items():
                     left = p._reserved[dim] - amount
@@ -921,7 +976,7 @@ class BudgetPool:
                         del p._warn_marks[dim]
                         if dim == "tool_calls":
                             p._tool_warn = None
-                            p._update_gate()
+                        p._update_gate()
                         warns = warns or []
                         warns.append((p, dim))
             first_err: tuple[BudgetPool, BudgetExceeded] | None = None
@@ -942,6 +997,40 @@ class BudgetPool:
             self._overrun_stopped(first_err[0], first_err[1], reservation.route)
         if warns:
             self._emit_warns(warns, reservation.route)
+        return True
+
+    def _settle_fast(
+        self, reservation: Reservation, actual: Mapping[str, float], once: bool
+    ) -> bool:
+        """`_settle` when every limited dimension of the chain stays below its gate after it
+        (computed exactly as `_settle` computes it); False: the general path decides."""
+        reserved = reservation.reserved
+        lock = self._lock
+        lock.acquire()
+        if once and reservation.done:
+            lock.release()
+            return False  # the general path answers the same, under the lock
+        for p in self._chain:
+            gates = p._gates
+            if gates:
+                sp = p._spent
+                rs = p._reserved
+                for dim, gate in gates:
+                    left = rs[dim] - reserved.get(dim, 0.0)
+                    if (sp[dim] + actual.get(dim, 0.0)) + (left if left > 0.0 else 0.0) >= gate:
+                        lock.release()
+                        return False
+        reservation.done = True
+        for p in self._chain:
+            rs = p._reserved
+            for dim, amount in reserved.items():
+                left = rs[dim] - amount
+                rs[dim] = left if left > 0.0 else 0.0
+            sp = p._spent
+            for dim, amount in actual.items():
+                sp[dim] += amount
+        lock.release()
+        return True
 
     def _overrun_stopped(self, stopped: BudgetPool, err: BudgetExceeded, route: str | None) -> None:
         """Report an overrun that stopped `stopped`: one `budget.overrun` alert, then the stop
@@ -959,11 +1048,17 @@ class BudgetPool:
         )
         self._after_stop(stopped, err, alert=False)
 
-    def _release(self, reservation: Reservation) -> None:
+    def _release(self, reservation: Reservation, once: bool = False) -> bool:
+        """Give the reservation back; `once`: as in `_settle`."""
         with self._lock:
+            if once:
+                if reservation.done:
+                    return False
+                reservation.done = True
             for p in self._chain:
                 for dim, amount in reservation.reserved.items():
                     p._reserved[dim] = max(0.0, p._reserved[dim] - amount)
+        return True
 
     def _remote_admit(
         self,
@@ -1158,6 +1253,9 @@ def _overrun_error(
     )
 
 
+_finish_lock = threading.Lock()
+
+
 class Reservation:
     """Amounts charged and reserved for one call in flight; settle or release it once.
 
@@ -1165,7 +1263,6 @@ class Reservation:
     """
 
     __slots__ = (
-        "_lock",
         "charged",
         "done",
         "function",
@@ -1179,8 +1276,8 @@ class Reservation:
     def __init__(
         self,
         pool: BudgetPool,
-        charged: dict[str, float],
-        reserved: dict[str, float],
+        charged: Mapping[str, float],
+        reserved: Mapping[str, float],
         route: str | None,
         function: str | None,
         kind: str,
@@ -1191,12 +1288,13 @@ class Reservation:
         self.route = route
         self.function = function
         self.kind = kind
-        self.started = time.perf_counter()
+        self.started = _now()
         self.done = False
-        self._lock = threading.Lock()
 
     def _finish(self) -> bool:
-        with self._lock:
+        # One lock for every reservation (held for two bytecodes): a lock per reservation
+        # cost an allocation on every call.
+        with _finish_lock:
             if self.done:
                 return False
             self.done = True
@@ -1212,35 +1310,36 @@ class Reservation:
         duration: float | None = None,
     ) -> None:
         """Replace the reservation by the `actual` amounts and write the ledger row."""
-        if not self._finish():
-            return
         pool = self.pool
         if pool._remote:
+            if not self._finish():
+                return
             from ._remote import remote_settle
 
             remote_settle(self, actual)
-        else:
-            pool._settle(self, actual)
+        elif not pool._settle(self, actual, once=True):
+            return
         amounts = dict(self.charged)
         for dim, amount in actual.items():
             amounts[dim] = amounts.get(dim, 0.0) + amount
+        now = _now()
         if duration is None:
-            duration = time.perf_counter() - self.started
+            duration = now - self.started
         pool._ledger.append(
-            (_now(), pool, self.route, self.kind, amounts, outcome, duration, flags, detail)
+            (now, pool, self.route, self.kind, amounts, outcome, duration, flags, detail)
         )
 
     def release(self, *, outcome: str = "error", detail: Mapping[str, Any] | None = None) -> None:
         """Give the reservation back (the call failed); the charged amounts stay spent."""
-        if not self._finish():
-            return
         pool = self.pool
         if pool._remote:
+            if not self._finish():
+                return
             from ._remote import remote_release
 
             remote_release(self)
-        else:
-            pool._release(self)
+        elif not pool._release(self, once=True):
+            return
         pool._ledger.append(
             (
                 _now(),

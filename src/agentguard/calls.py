@@ -76,7 +76,7 @@ _provenance_sources: set[str] = set()
 PROVENANCE_DEPTH = 50
 
 
-@dataclass
+@dataclass(slots=True)
 class CallInfo:
     """The state of one guarded call in flight (for adapters, instrumentation, listeners)."""
 

@@ -142,7 +142,7 @@ class _Request:
         "token_request",
     )
 
-    def __init__(self, sdk: _Sdk, op: _Op, info: CallInfo, owned: bool) -> None:
+    def __init__(self, sdk: _Sdk, op: _Op, info: CallInfo, owned: bool, t0: float) -> None:
         self.sdk = sdk
         self.op = op
         self.info = info  # ours when owned, else the outer @llm_call / adapter call
@@ -150,7 +150,7 @@ class _Request:
         self.attempts = 0
         self.span: Any = None
         self.annotate: Any = None  # a span that is not ours: add attributes, never end it
-        self.t0 = perf_counter()
+        self.t0 = t0
         self.token_call: Token[CallInfo | None] | None = None
         self.token_request: Token[_Request | None] | None = None
         self.reserve: dict[str, float] = {}
@@ -377,7 +377,7 @@ def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
     outer = _active_call.get()
     if outer is not None and outer.kind == "llm":
         # One logical call, one charge: @ag.llm_call or an adapter already charged it.
-        req = _Request(sdk, op, outer, owned=False)
+        req = _Request(sdk, op, outer, False, perf_counter())
         req.token_request = _request.set(req)
         return req
     s = op.settings
@@ -393,10 +393,26 @@ def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
     if priced:
         reserve, model, estimate = _plan(s, pool, body, ())
     else:
-        reserve, model = _plan_plain(s, body, cfg.default_max_tokens)
+        # `calls._plan` without the price lookup or the estimate `Usage` (built only when
+        # the response's usage turns out unreadable): the hot path of every request.
+        for key in _MAX_TOKEN_KWARGS:
+            out = body.get(key)
+            if type(out) is int and out > 0:
+                break
+        else:
+            out = s.max_tokens if s.max_tokens is not None else cfg.default_max_tokens
+        inp = _estimate_text_tokens(body)  # no input_tokens setting for an endpoint
+        model = body.get("model")
+        if type(model) is not str or not model:
+            model = s.model
+        reserve = {
+            "input_tokens": float(inp),
+            "output_tokens": float(out),
+            "total_tokens": float(inp + out),
+        }
     reservation = pool._admit(_LLM_CHARGE, reserve, s.route, s.name, "llm")
-    info = CallInfo("llm", s.name, s.route, pool, reservation, model=model, provider=sdk.name)
-    req = _Request(sdk, op, info, owned=True)
+    info = CallInfo("llm", s.name, s.route, pool, reservation, model, sdk.name)
+    req = _Request(sdk, op, info, True, reservation.started)
     req.reserve = reserve
     req.estimate = estimate
     try:
@@ -417,33 +433,6 @@ def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
     req.token_call = _active_call.set(info)
     req.token_request = _request.set(req)
     return req
-
-
-def _plan_plain(
-    s: _LLMSettings, body: Mapping[str, Any], default_max_tokens: int
-) -> tuple[dict[str, float], str | None]:
-    """`calls._plan` for a JSON body when no route is configured and no pool limits cost.
-
-    Same reservation, without the price lookup or the estimate `Usage` (built only when the
-    response's usage turns out unreadable): the hot path of every instrumented request.
-    """
-    out = None
-    for key in _MAX_TOKEN_KWARGS:
-        value = body.get(key)
-        if isinstance(value, int) and value > 0:
-            out = value
-            break
-    if out is None:
-        out = s.max_tokens if s.max_tokens is not None else default_max_tokens
-    inp = s.input_tokens or _estimate_text_tokens(body)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        model = s.model
-    return {
-        "input_tokens": float(inp),
-        "output_tokens": float(out),
-        "total_tokens": float(inp + out),
-    }, model
 
 
 def _detach(req: _Request) -> None:
