@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 from anthropic.types import Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
 import agentguard as ag
+from agentguard import calls
 from agentguard.usage import read_usage
 
 OPENAI_CHAT = {
@@ -326,7 +329,6 @@ def test_usage_fast_init_sets_every_field_and_stays_frozen() -> None:
 
 
 def test_input_estimate_reads_a_bounded_sample_of_a_huge_conversation() -> None:
-    from agentguard import calls
 
     reads = {"items": 0, "iterations": 0}
 
@@ -344,6 +346,35 @@ def test_input_estimate_reads_a_bounded_sample_of_a_huge_conversation() -> None:
     estimate = calls._estimate_text_tokens({"messages": history})
     assert estimate == 102 * 100_000  # uniform messages: the sample scales exactly
     assert reads == {"items": calls._ESTIMATE_ITEMS, "iterations": 0}
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=10), _JSON, max_size=6))
+def test_body_estimate_equals_the_general_estimate(body: dict[str, Any]) -> None:
+    # The instrumented SDK's unrolled estimate must give what the general one gives.
+    assert calls._estimate_body_tokens(body) == calls._estimate_text_tokens(body)
+
+
+def test_body_estimate_on_long_and_deep_bodies() -> None:
+    message = {"role": "user", "content": [{"type": "text", "text": "y" * 81}], "n": 1}
+    deep: Any = "z" * 40
+    for _ in range(8):
+        deep = {"k": [deep, 3]}
+    for body in (
+        {"model": "m", "messages": [message] * 1000},  # sampled past _ESTIMATE_ITEMS
+        {"messages": [message, ("a tuple", "of text")], "tools": [{"f": deep}]},
+        {"input": "q" * 4001, "max_output_tokens": 5, "metadata": {"a": ["b", None, 2.5]}},
+    ):
+        assert calls._estimate_body_tokens(body) == calls._estimate_text_tokens(body)
 
 
 def test_user_price_function_and_cost_limit_stop_the_run() -> None:

@@ -951,8 +951,6 @@ class BudgetPool:
             for dim in actual:
                 if dim not in self._spent:
                     self._unknown_dimension(dim)
-        if self._fast and self._settle_fast(reservation, actual, once):
-            return True
         with self._lock:
             if once:
                 if reservation.done:
@@ -999,17 +997,18 @@ class BudgetPool:
             self._emit_warns(warns, reservation.route)
         return True
 
-    def _settle_fast(
-        self, reservation: Reservation, actual: Mapping[str, float], once: bool
-    ) -> bool:
-        """`_settle` when every limited dimension of the chain stays below its gate after it
-        (computed exactly as `_settle` computes it); False: the general path decides."""
+    def _settle_fast(self, reservation: Reservation, actual: Mapping[str, float]) -> bool:
+        """`_settle(reservation, actual, once=True)` when every limited dimension of the chain
+        stays below its gate after it (computed exactly as `_settle` computes it). False:
+        nothing done, the general path decides (and answers a finished reservation)."""
+        if not actual.keys() <= self._spent.keys():
+            return False  # an unknown counter: the general path raises
         reserved = reservation.reserved
         lock = self._lock
         lock.acquire()
-        if once and reservation.done:
+        if reservation.done:
             lock.release()
-            return False  # the general path answers the same, under the lock
+            return False
         for p in self._chain:
             gates = p._gates
             if gates:
@@ -1311,7 +1310,9 @@ class Reservation:
     ) -> None:
         """Replace the reservation by the `actual` amounts and write the ledger row."""
         pool = self.pool
-        if pool._remote:
+        if pool._fast and pool._settle_fast(self, actual):
+            pass  # the common case: below every gate (`BudgetPool._settle_fast`)
+        elif pool._remote:
             if not self._finish():
                 return
             from ._remote import remote_settle
@@ -1319,9 +1320,13 @@ class Reservation:
             remote_settle(self, actual)
         elif not pool._settle(self, actual, once=True):
             return
-        amounts = dict(self.charged)
-        for dim, amount in actual.items():
-            amounts[dim] = amounts.get(dim, 0.0) + amount
+        charged = self.charged
+        if charged.keys().isdisjoint(actual):
+            amounts = {**charged, **actual}
+        else:
+            amounts = dict(charged)
+            for dim, amount in actual.items():
+                amounts[dim] = amounts.get(dim, 0.0) + amount
         now = _now()
         if duration is None:
             duration = now - self.started

@@ -41,6 +41,7 @@ from .calls import (
     CallInfo,
     _active_call,
     _call_listeners,
+    _estimate_body_tokens,
     _estimate_text_tokens,
     _finish_llm,
     _llm_telemetry,
@@ -49,6 +50,7 @@ from .calls import (
     _plan,
 )
 from .errors import ConfigurationError
+from .telemetry import metrics_enabled as _metrics
 from .telemetry import tracing_enabled as _tracing
 from .usage import Usage, _from_usage_block, read_usage
 
@@ -401,7 +403,8 @@ def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
                 break
         else:
             out = s.max_tokens if s.max_tokens is not None else cfg.default_max_tokens
-        inp = _estimate_text_tokens(body)  # no input_tokens setting for an endpoint
+        # no input_tokens setting for an endpoint: always estimated
+        inp = _estimate_body_tokens(body) if type(body) is dict else _estimate_text_tokens(body)
         model = body.get("model")
         if type(model) is not str or not model:
             model = s.model
@@ -472,6 +475,18 @@ def _done(req: _Request, result: Any) -> Any:
             else:
                 _watch_async_stream(result, _StreamWatch(req))
         return result
+    if req.owned and not _config._config.usage_extractors:
+        # The common case, read in this frame: the usage block of the SDK's own pydantic
+        # model, as a dict (a missing attribute on a pydantic model costs an exception).
+        fields = getattr(getattr(result, "usage", None), "__dict__", None)
+        if type(fields) is dict and not isinstance(result, sdk.raw_response_types):
+            model = getattr(result, "model", None)
+            usage = _from_usage_block(fields, model if type(model) is str else None, sdk.name)
+            if usage is not None and usage.output_tokens is None:
+                usage = _complete(req.op, usage)  # embeddings: no output tokens
+            req.info.usage = usage
+            _settle(req, result)
+            return result
     usage = _usage_of(req, result)
     if not req.owned:
         if usage is not None:
@@ -583,7 +598,8 @@ def _settle(
     )
     if req.annotate is not None:
         _usage_attributes(req.annotate, info)
-    _llm_telemetry(info, req.span, req.op.operation)
+    if req.span is not None or _metrics():
+        _llm_telemetry(info, req.span, req.op.operation)
     if _call_listeners:
         _notify(info)
 

@@ -158,7 +158,8 @@ def _from_usage_block(block: Any, model: str | None, provider: str | None) -> Us
     total = get("total_tokens")
     if total is not None and type(total) is not int:
         total = _int(total)
-    return Usage(
+    usage = _new(Usage)  # `Usage(...)` without its Python frame: one per LLM call
+    usage.__dict__.update(
         input_tokens=inp,
         output_tokens=out,
         total_tokens=total if total is not None else ((inp or 0) + (out or 0)),
@@ -167,6 +168,10 @@ def _from_usage_block(block: Any, model: str | None, provider: str | None) -> Us
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
     )
+    return usage
+
+
+_new = object.__new__
 
 
 def _model_of(response: Any) -> str | None:
