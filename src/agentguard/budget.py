@@ -802,14 +802,13 @@ class BudgetPool:
         function: str | None,
         kind: str,
     ) -> Reservation:
-        """Charge `charge` and reserve `reserve` on the whole chain, all or nothing."""
+        """Charge `charge` and reserve `reserve` on the whole chain, all or nothing.
+
+        Every dimension named must exist on the pool (the public `reserve()` / `charge()`
+        check what the user names; the guards only name standard dimensions).
+        """
         if self._remote:
             return self._remote_admit(charge, reserve, route, function, kind)
-        spent = self._spent.keys()
-        if not (charge.keys() <= spent and reserve.keys() <= spent):
-            for dim in itertools.chain(charge, reserve):
-                if dim not in spent:
-                    self._unknown_dimension(dim)
         if self._fast:
             # Fast path (every LLM call goes through here): no pool of the chain stopped,
             # and every limited dimension stays below its gate (see `_update_gate`).
@@ -925,6 +924,12 @@ class BudgetPool:
             (started, self, route, "tool", _TOOL_CHARGE, outcome, duration, (), detail)
         )
 
+    def _known_dimensions(self, amounts: Mapping[str, float]) -> None:
+        if not amounts.keys() <= self._spent.keys():
+            for dim in amounts:
+                if dim not in self._spent:
+                    self._unknown_dimension(dim)
+
     def _unknown_dimension(self, dim: str) -> None:
         declared = sorted({d for p in self._chain for d in p.custom_dimensions})
         raise ConfigurationError(
@@ -1000,9 +1005,8 @@ class BudgetPool:
     def _settle_fast(self, reservation: Reservation, actual: Mapping[str, float]) -> bool:
         """`_settle(reservation, actual, once=True)` when every limited dimension of the chain
         stays below its gate after it (computed exactly as `_settle` computes it). False:
-        nothing done, the general path decides (and answers a finished reservation)."""
-        if not actual.keys() <= self._spent.keys():
-            return False  # an unknown counter: the general path raises
+        nothing done, the general path decides (and answers a finished reservation).
+        Every dimension of `actual` must exist on the pool (`Reservation.settle` checks)."""
         reserved = reservation.reserved
         lock = self._lock
         lock.acquire()
@@ -1182,6 +1186,8 @@ class BudgetPool:
         error (it is also a context manager that releases unless settled). Raises
         `BudgetExceeded` when the reservation does not fit (and stops the pool).
         """
+        if not self._remote:  # a Redis pool checks once it has read the shared limits
+            self._known_dimensions(amounts)
         return self._admit({}, amounts, route, function, "reserve")
 
     def charge(
@@ -1193,6 +1199,8 @@ class BudgetPool:
                 raise ConfigurationError(
                     f"charge({dim}={amount!r}) on pool {self.name!r}: amounts must be >= 0."
                 )
+        if not self._remote:  # a Redis pool checks once it has read the shared limits
+            self._known_dimensions(amounts)
         t0 = time.perf_counter()
         reservation = self._admit(amounts, {}, route, function, "charge")
         reservation.settle({}, duration=time.perf_counter() - t0)
@@ -1310,7 +1318,7 @@ class Reservation:
     ) -> None:
         """Replace the reservation by the `actual` amounts and write the ledger row."""
         pool = self.pool
-        if pool._fast and pool._settle_fast(self, actual):
+        if pool._fast and actual.keys() <= pool._spent.keys() and pool._settle_fast(self, actual):
             pass  # the common case: below every gate (`BudgetPool._settle_fast`)
         elif pool._remote:
             if not self._finish():

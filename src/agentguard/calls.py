@@ -26,7 +26,15 @@ from typing_extensions import ParamSpec
 
 from . import _config, telemetry
 from ._argcheck import compile_arguments
-from .budget import _LLM_CHARGE, _TOOL_CHARGE, BudgetPool, Reservation, _current, _resolve
+from .budget import (
+    _LLM_CHARGE,
+    _TOOL_CHARGE,
+    BudgetPool,
+    Reservation,
+    _current,
+    _now,
+    _resolve,
+)
 from .errors import ConfigurationError, UnknownPrice
 from .telemetry import _trace_globals
 from .telemetry import tracing_enabled as _tracing
@@ -236,10 +244,6 @@ def _estimate_body_tokens(body: dict[str, Any]) -> int:
         elif kind not in _SCALARS:
             total += _estimate_text_tokens(value, 1)
     return total
-
-
-def _chain_limits(pool: BudgetPool, dim: str) -> bool:
-    return any(dim in p.limits for p in pool._chain)
 
 
 _warned_routes: set[tuple[str | None, str]] = set()
@@ -488,9 +492,10 @@ class _LLMSettings:
 def _plan(
     s: _LLMSettings, pool: BudgetPool, kwargs: Mapping[str, Any], args: tuple[Any, ...]
 ) -> tuple[dict[str, float], str | None, Usage]:
-    """The reservation for one LLM call: tokens (and cost when a pool limits it)."""
-    cfg = _config.get_config()
-    rs = cfg.routes.get(s.route)
+    """The reservation for one LLM call: tokens (and cost when a pool limits it), the
+    model, and the estimate `Usage` (charged when the call's usage is unreadable)."""
+    cfg = _config._config
+    rs = cfg.routes.get(s.route) if cfg.routes else None
     out = None
     for key in _MAX_TOKEN_KWARGS:
         value = kwargs.get(key)
@@ -504,32 +509,57 @@ def _plan(
             out = (rs.max_tokens if rs else None) or cfg.default_max_tokens
     inp = s.input_tokens or (rs.input_tokens if rs else None)
     if inp is None:
-        inp = (_estimate_text_tokens(args) if args else 0) + _estimate_text_tokens(kwargs)
-    model = kwargs.get("model") if isinstance(kwargs.get("model"), str) else None
+        inp = (_estimate_text_tokens(args) if args else 0) + (
+            _estimate_body_tokens(kwargs) if type(kwargs) is dict else _estimate_text_tokens(kwargs)
+        )
+    model = kwargs.get("model")
+    if type(model) is not str:
+        model = None
     model = model or s.model or (rs.model if rs else None)
-    provider = s.provider or (rs.provider if rs else None)
-    estimate = Usage(input_tokens=inp, output_tokens=out, model=model, provider=provider)
     reserve: dict[str, float] = {
         "input_tokens": float(inp),
         "output_tokens": float(out),
         "total_tokens": float(inp + out),
     }
-    if _chain_limits(pool, "cost_usd"):
-        cost = resolve_price(model, estimate, cfg.price, cfg.fallback_price)
-        if cost is None:
-            limited = next(p.name for p in pool._chain if "cost_usd" in p.limits)
-            raise UnknownPrice(
-                f"LLM call {s.name!r} (route {s.route!r}) was refused before it started: pool "
-                f"{limited!r} limits cost_usd, and the price of model {model!r} is unknown "
-                f"(an unknown cost is never free). Fix: pass model= to @ag.llm_call or the "
-                f"call, install agentguard[prices] (genai-prices), set ag.configure(price=...), "
-                f"or ag.configure(fallback_price=ag.Price(input_per_mtok=..., "
-                f"output_per_mtok=...)).",
-                model=model,
-                route=s.route,
-            )
-        reserve["cost_usd"] = cost
+    provider = s.provider or (rs.provider if rs else None)
+    estimate = _reserve_cost(s, pool, reserve, model, provider)
+    if estimate is None:
+        estimate = Usage(inp, out, None, model, provider)
     return reserve, model, estimate
+
+
+def _reserve_cost(
+    s: _LLMSettings,
+    pool: BudgetPool,
+    reserve: dict[str, float],
+    model: str | None,
+    provider: str | None,
+) -> Usage | None:
+    """When a pool of the chain limits cost: add the estimate's price to `reserve` (raises
+    `UnknownPrice` when nothing knows the model) and return the estimate `Usage`."""
+    for p in pool._chain:  # a loop, not any(<genexpr>): no generator per call
+        if "cost_usd" in p.limits:
+            break
+    else:
+        return None
+    inp = int(reserve["input_tokens"])
+    out = int(reserve["output_tokens"])
+    estimate = Usage(inp, out, None, model, provider)
+    cfg = _config._config
+    cost = resolve_price(model, estimate, cfg.price, cfg.fallback_price)
+    if cost is None:
+        raise UnknownPrice(
+            f"LLM call {s.name!r} (route {s.route!r}) was refused before it started: pool "
+            f"{p.name!r} limits cost_usd, and the price of model {model!r} is unknown "
+            f"(an unknown cost is never free). Fix: pass model= to @ag.llm_call or the "
+            f"call, install agentguard[prices] (genai-prices), set ag.configure(price=...), "
+            f"or ag.configure(fallback_price=ag.Price(input_per_mtok=..., "
+            f"output_per_mtok=...)).",
+            model=model,
+            route=s.route,
+        )
+    reserve["cost_usd"] = cost
+    return estimate
 
 
 _FIX_DECORATED = (
@@ -604,10 +634,30 @@ def _finish_llm(
     info.model = used_model
     info.flags = flags
     detail = {"model": used_model} if used_model else None
-    assert info.reservation is not None
+    reservation = info.reservation
+    assert reservation is not None
     if defer:
         return actual, detail
-    info.reservation.settle(actual, outcome=outcome, flags=info.flags, detail=detail)
+    pool = reservation.pool
+    if pool._fast and pool._settle_fast(reservation, actual):
+        # `Reservation.settle`, the common case in this frame: below every gate, and the
+        # LLM call's charge ({"llm_calls": 1}) and `actual` (tokens, cost) are disjoint.
+        now = _now()
+        pool._ledger.append(
+            (
+                now,
+                pool,
+                reservation.route,
+                reservation.kind,
+                {**reservation.charged, **actual},
+                outcome,
+                now - reservation.started,
+                flags,
+                detail,
+            )
+        )
+    else:
+        reservation.settle(actual, outcome=outcome, flags=flags, detail=detail)
     info.outcome = outcome
     if _llm_listeners:  # every settled LLM call: the decorator, ag.instrument, LangChain
         _notify_llm(info)

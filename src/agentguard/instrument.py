@@ -48,6 +48,7 @@ from .calls import (
     _LLMSettings,
     _notify,
     _plan,
+    _reserve_cost,
 )
 from .errors import ConfigurationError
 from .telemetry import metrics_enabled as _metrics
@@ -386,17 +387,12 @@ def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
     pool = _current.get() or _resolve("LLM call", s.route, f"{s.name} (ag.instrument)")
     estimate: Usage | None = None
     cfg = _config._config
-    priced = bool(cfg.routes) and s.route in cfg.routes
-    if not priced:
-        for p in pool._chain:  # a loop, not any(<genexpr>): no generator per request
-            if "cost_usd" in p.limits:
-                priced = True
-                break
-    if priced:
-        reserve, model, estimate = _plan(s, pool, body, ())
+    if cfg.routes and s.route in cfg.routes:
+        reserve, model, estimate = _plan(s, pool, body, ())  # route settings apply
     else:
-        # `calls._plan` without the price lookup or the estimate `Usage` (built only when
-        # the response's usage turns out unreadable): the hot path of every request.
+        # `calls._plan` for a JSON body without route settings, in this frame: the hot path
+        # of every request. The estimate `Usage` is built only to price the reservation
+        # (a cost limit) or when the response's usage turns out unreadable.
         for key in _MAX_TOKEN_KWARGS:
             out = body.get(key)
             if type(out) is int and out > 0:
@@ -413,6 +409,7 @@ def _begin(sdk: _Sdk, op: _Op, client: Any, options: Any) -> _Request:
             "output_tokens": float(out),
             "total_tokens": float(inp + out),
         }
+        estimate = _reserve_cost(s, pool, reserve, model, s.provider)
     reservation = pool._admit(_LLM_CHARGE, reserve, s.route, s.name, "llm")
     info = CallInfo("llm", s.name, s.route, pool, reservation, model, sdk.name)
     req = _Request(sdk, op, info, True, reservation.started)
