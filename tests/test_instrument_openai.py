@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 import agentguard as ag
 from agentguard import calls
 from tests import otel
-from tests.sdk_mock import USAGE_IN, USAGE_OUT, Provider, surface_gaps
+from tests.sdk_mock import USAGE_IN, USAGE_OUT, Provider, chat_json, surface_gaps
 
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "What is six times seven?"}]
@@ -183,6 +184,31 @@ def test_reservation_uses_max_tokens_and_an_input_estimate_while_in_flight(
         chat(client, max_tokens=321)
     assert seen[0]["output_tokens"] == 321
     assert seen[0]["input_tokens"] >= len("What is six times seven?") // 4
+    assert pool.reserved == {}
+
+
+@pytest.mark.parametrize("kept", [{"prompt_tokens": 12}, {"completion_tokens": 3}, {}])
+def test_a_usage_block_missing_a_count_is_charged_at_the_estimate_never_zero(
+    provider: Provider, kept: dict[str, int]
+) -> None:
+    # A proxy that strips part of the usage block: the fast settle path must not take a
+    # missing count as zero; the reservation's estimate is charged, flagged.
+    original = provider.answer
+
+    def stripped(request: Any) -> Any:
+        original(request)
+        body = chat_json(MODEL)
+        body["usage"] = dict(kept)
+        return httpx2.Response(200, json=body)
+
+    provider.answer = stripped  # type: ignore[method-assign]
+    client = provider.openai()
+    with ag.BudgetPool(name="run") as pool:
+        chat(client, max_tokens=200)
+    (row,) = pool.ledger
+    assert "usage_unknown" in row.flags
+    assert row.amounts["output_tokens"] == 200  # the reserved max_tokens, not 0
+    assert row.amounts["input_tokens"] >= len(MESSAGES[0]["content"]) // 4
     assert pool.reserved == {}
 
 

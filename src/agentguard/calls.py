@@ -640,8 +640,10 @@ def _finish_llm(
         return actual, detail
     pool = reservation.pool
     if pool._fast and pool._settle_fast(reservation, actual):
-        # `Reservation.settle`, the common case in this frame: below every gate, and the
-        # LLM call's charge ({"llm_calls": 1}) and `actual` (tokens, cost) are disjoint.
+        # `Reservation.settle`, the common case in this frame: below every gate. The LLM
+        # call's charge ({"llm_calls": 1}) and `actual` (tokens, cost) are disjoint, and
+        # `actual` is this call's own dict: it becomes the row's amounts.
+        actual.update(reservation.charged)
         now = _now()
         pool._ledger.append(
             (
@@ -649,7 +651,7 @@ def _finish_llm(
                 pool,
                 reservation.route,
                 reservation.kind,
-                {**reservation.charged, **actual},
+                actual,
                 outcome,
                 now - reservation.started,
                 flags,

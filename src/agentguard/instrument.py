@@ -481,8 +481,23 @@ def _done(req: _Request, result: Any) -> Any:
             usage = _from_usage_block(fields, model if type(model) is str else None, sdk.name)
             if usage is not None and usage.output_tokens is None:
                 usage = _complete(req.op, usage)  # embeddings: no output tokens
-            req.info.usage = usage
-            _settle(req, result)
+            info = req.info
+            info.usage = usage
+            if (
+                usage is None
+                or usage.input_tokens is None
+                or usage.output_tokens is None
+                or req.annotate is not None
+            ):
+                _settle(req, result)
+                return result
+            # `_settle` with a known usage, in this frame.
+            info.duration = perf_counter() - req.t0
+            _finish_llm(req.op.settings, info, result, req.reserve, info.model, _KNOWN)
+            if req.span is not None or _metrics():
+                _llm_telemetry(info, req.span, req.op.operation)
+            if _call_listeners:
+                _notify(info)
             return result
     usage = _usage_of(req, result)
     if not req.owned:
@@ -575,7 +590,9 @@ def _settle(
     s = req.op.settings
     estimate = req.estimate
     usage = info.usage
-    if estimate is None and (usage is None or not usage.known):
+    if estimate is None and (
+        usage is None or usage.input_tokens is None or usage.output_tokens is None
+    ):
         estimate = req.estimate = Usage(
             input_tokens=int(req.reserve["input_tokens"]),
             output_tokens=int(req.reserve["output_tokens"]),
