@@ -44,6 +44,8 @@ def main() -> None:
         spec.loader.exec_module(module)
         for title, rows in module.run(measure):
             print_table(title, rows)
+        for note in getattr(module, "NOTES", ()):  # e.g. paired overheads under the table
+            print(note)
 
 
 if __name__ == "__main__":

@@ -5,22 +5,24 @@ parsing the response into a pydantic model); the instrumented rows add the charg
 reservation, the usage settlement, the price and the ledger row. Run:
 `python benchmarks/bench_instrument.py` (or `python benchmarks/bench.py`).
 
-Method (the machine is shared, and one configuration measured after another mostly
-measures the neighbours): every configuration is measured in each of `ROUNDS` interleaved
-rounds, `NUMBER` calls at a time, on the process CPU clock (time spent descheduled does not
-count), and each keeps its best round. The overhead is reported two ways: best against
-best, and the median over rounds of the overhead against the bare call of the same round
-(robust to the load drifting between rounds). A warm-up round comes first (genai-prices
+Method (the machine is shared: its speed drifts by several percent within seconds, more
+than the effect measured): each configuration is measured as `PAIRS` pairs of batches of
+`BATCH` calls, the bare batch and the instrumented batch back to back (their order
+alternating, so a drift does not favour either), on the process CPU clock (time spent
+descheduled does not count), all inside the same `with pool:` so the only difference is
+`ag.instrument()`. The overhead reported is the median over pairs of each pair's
+difference (with the middle half of the pairs, 25th to 75th percentile), and the best
+instrumented batch against the best bare batch. A warm-up comes first (genai-prices
 resolves a model once, ~25 ms).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import time
-import timeit
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,9 +34,8 @@ import openai
 
 import agentguard as ag
 
-ROUNDS = 4 if "--quick" in sys.argv else 16
-NUMBER = 200
-REPEAT = 3
+PAIRS = 12 if "--quick" in sys.argv else 60
+BATCH = 40
 MESSAGES = [{"role": "user", "content": "What is six times seven? Answer in one word."}]
 BODY = json.dumps(
     {
@@ -62,14 +63,16 @@ def _price(model: str, usage: ag.Usage) -> float:
     return ((usage.input_tokens or 0) * 0.15 + (usage.output_tokens or 0) * 0.6) / 1e6
 
 
-def _best_us(fn: Callable[[], object]) -> float:
-    """Best of `REPEAT` runs of `NUMBER` calls, in ns per call, on the process CPU clock."""
-    runs = timeit.repeat(fn, number=NUMBER, repeat=REPEAT, timer=time.process_time)
-    return min(runs) / NUMBER * 1e9
+def _batch_ns(fn: Callable[[], object]) -> float:
+    """Nanoseconds per call over one batch of `BATCH` calls, on the process CPU clock."""
+    t0 = time.process_time_ns()
+    for _ in range(BATCH):
+        fn()
+    return (time.process_time_ns() - t0) / BATCH
 
 
 def run(measure: Callable[..., float]) -> list[tuple[str, list[tuple[str, float]]]]:
-    del measure  # interleaved rounds on the CPU clock instead (see the module docstring)
+    del measure  # paired batches on the CPU clock instead (see the module docstring)
     http = httpx2.Client(transport=httpx2.MockTransport(_answer))
     client = openai.OpenAI(api_key="bench", http_client=http, max_retries=0)
 
@@ -82,42 +85,53 @@ def run(measure: Callable[..., float]) -> list[tuple[str, list[tuple[str, float]
 
     unlimited = ag.BudgetPool(name="bench")  # counts everything, limits nothing
     limited = ag.BudgetPool(llm_calls=10**12, output_tokens=10**15, cost_usd=10**9, name="lim")
-    configs: list[tuple[str, Any, Any]] = [  # (row, price function, pool); None: bare
-        ("uninstrumented SDK call (client-side time)", None, None),
-        ("instrumented, price function, no limits", _price, unlimited),
-        ("instrumented, price function, llm_calls + tokens + cost limits", _price, limited),
-        ("instrumented, genai-prices, no limits", None, unlimited),
-        ("instrumented, genai-prices, llm_calls + tokens + cost limits", None, limited),
+    configs: list[tuple[str, Any, ag.BudgetPool]] = [  # (row, price function, pool)
+        ("price function, no limits", _price, unlimited),
+        ("price function, llm_calls + tokens + cost limits", _price, limited),
+        ("genai-prices, no limits", None, unlimited),
+        ("genai-prices, llm_calls + tokens + cost limits", None, limited),
     ]
-    best: dict[str, float] = {}
-    paired: dict[str, list[float]] = {}  # per round: overhead against that round's bare call
-    for round_ in range(ROUNDS + 1):
-        bare = 0.0
-        for name, price, pool in configs:
-            if pool is None:
-                ag.uninstrument()
-                ns = bare = _best_us(call)
-            else:
-                ag.instrument(openai=True)
-                ag.configure(price=price)  # None: genai-prices (the agentguard[prices] extra)
-                with pool:
-                    if round_ == 0:
-                        call()  # warm-up round: first lookups, caches
-                    ns = _best_us(call)
-                    pool._ledger.clear()  # the ledger of 10^5 calls is not what is measured
-            if round_:
-                best[name] = min(best.get(name, ns), ns)
-                paired.setdefault(name, []).append((ns - bare) / bare)
-    ag.uninstrument()
+    bare_best = math.inf
+    rows: list[tuple[str, float]] = []
+    notes: list[str] = []
+    for name, price, pool in configs:
+        ag.configure(price=price)  # None: genai-prices (the agentguard[prices] extra)
+        diffs: list[float] = []
+        ratios: list[float] = []
+        inst_best = math.inf
+        with pool:  # bare batches run inside the pool too: only ag.instrument() differs
+            ag.instrument(openai=True)
+            for _ in range(BATCH):
+                call()  # warm-up: first lookups, caches
+            for pair in range(PAIRS):
+                times: dict[bool, float] = {}
+                for instrumented in (False, True) if pair % 2 == 0 else (True, False):
+                    if instrumented:
+                        ag.instrument(openai=True)
+                    else:
+                        ag.uninstrument()
+                    times[instrumented] = _batch_ns(call)
+                pool._ledger.clear()  # the ledger of 10^4 calls is not what is measured
+                diffs.append(times[True] - times[False])
+                ratios.append((times[True] - times[False]) / times[False])
+                bare_best = min(bare_best, times[False])
+                inst_best = min(inst_best, times[True])
+            ag.uninstrument()
+        q1, median, q3 = statistics.quantiles(ratios, n=4)
+        rows.append((f"instrumented, {name} (paired median +{median:.1%})", inst_best))
+        notes.append(
+            f"  {name}: +{statistics.median(diffs) / 1000:,.1f} us per call, paired median "
+            f"+{median:.1%} (middle half of {PAIRS} pairs: {q1:+.1%} to {q3:+.1%})"
+        )
     ag.configure(price=None)
-    base = best[configs[0][0]]
-    rows = [(configs[0][0], base)]
-    for name, _, _ in configs[1:]:
-        median = statistics.median(paired[name])
-        label = f"{name} (best +{(best[name] - base) / base:.1%}, paired median +{median:.1%})"
-        rows.append((label, best[name]))
-    return [("ag.instrument(): raw openai chat.completions.create on a mock transport", rows)]
+    title = "ag.instrument(): raw openai chat.completions.create on a mock transport"
+    table = [("uninstrumented SDK call (client-side time, best batch)", bare_best), *rows]
+    NOTES[:] = notes
+    return [(title, table)]
 
+
+NOTES: list[str] = []
+"""The paired overheads of the last `run()`, printed under its table."""
 
 if __name__ == "__main__":
     from bench import measure as _measure
@@ -125,6 +139,4 @@ if __name__ == "__main__":
 
     for title, rows in run(_measure):
         print_table(title, rows)
-        base = rows[0][1]
-        for name, ns in rows[1:]:
-            print(f"  {name.rsplit(' (best', 1)[0]}: +{(ns - base) / 1000:,.1f} us")
+    print("\n".join(NOTES))

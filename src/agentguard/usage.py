@@ -267,13 +267,12 @@ class _LinearPrice:
         self.cache_write = cache_write
 
     def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> float:
-        return float(
-            self.base
-            + self.input * inp
-            + self.output * out
-            + self.cache_read * cache_read
-            + self.cache_write * cache_write
-        )
+        total = self.base + self.input * inp + self.output * out
+        if cache_read:  # a zero term changes nothing (exact Decimal arithmetic)
+            total += self.cache_read * cache_read
+        if cache_write:
+            total += self.cache_write * cache_write
+        return float(total)
 
 
 def _genai_calc(model_price: Any, inp: int, out: int, read: int | None, write: int | None) -> Any:
@@ -324,19 +323,19 @@ def genai_price(model: str, usage: Usage) -> float | None:
     equal to genai-prices' own `calc_price`), a tiered one costs ~45-70 us per call.
     Returns `None` for an unknown model. Needs `agentguard[prices]`.
     """
+    inp = usage.input_tokens or 0
+    read = usage.cache_read_tokens or 0
+    write = usage.cache_write_tokens or 0
+    lkey = (model, usage.provider, read > 0, write > 0)
+    linear = _linear_cache.get(lkey, _MISSING)
+    if type(linear) is _LinearPrice and read + write <= inp:
+        return linear.cost(inp, usage.output_tokens or 0, read, write)
     try:
         import genai_prices
     except ImportError as exc:
         raise ConfigurationError(
             "genai_price needs the genai-prices package: pip install 'agentguard[prices]'"
         ) from exc
-    inp = usage.input_tokens or 0
-    read = usage.cache_read_tokens or 0
-    write = usage.cache_write_tokens or 0
-    lkey = (model, usage.provider, read > 0, write > 0)
-    linear = _linear_cache.get(lkey, _MISSING)
-    if isinstance(linear, _LinearPrice) and read + write <= inp:
-        return linear.cost(inp, usage.output_tokens or 0, read, write)
     key = (model, usage.provider)
     model_price = _price_cache.get(key, _MISSING)
     if model_price is _MISSING:
@@ -373,7 +372,7 @@ def resolve_price(
             value = price(model, usage)
             if value is not None:
                 return float(value)
-        elif _genai_prices_installed():
+        elif _installed or _genai_prices_installed():
             value = genai_price(model, usage)
             if value is not None:
                 return value
