@@ -313,6 +313,37 @@ def test_cached_genai_price_is_exactly_genai_prices_own_figure(model: str, provi
     assert (linear is None) == (model == "gemini-2.5-pro")  # tiers are never linearised
 
 
+def test_cached_genai_price_equals_genai_prices_on_every_model_of_the_snapshot() -> None:
+    # The cached linear price (integer coefficients, one rounding) against genai-prices' own
+    # Decimal figure, for every model genai-prices ships, plain and with cache tokens.
+    import genai_prices
+    from genai_prices import data
+
+    compared = 0
+    for provider in data.providers:
+        for model in provider.models:
+            for inp, out, read, write in ((12_345, 77, 0, 0), (98_765, 1234, 5000, 4321)):
+                try:
+                    expected = genai_prices.calc_price(
+                        genai_prices.Usage(
+                            input_tokens=inp,
+                            output_tokens=out,
+                            cache_read_tokens=read or None,
+                            cache_write_tokens=write or None,
+                        ),
+                        model_ref=model.id,
+                        provider_id=provider.id,
+                    ).total_price
+                except LookupError:
+                    continue  # a model genai-prices itself cannot price with this usage
+                usage = ag.Usage(inp, out, None, None, provider.id, read, write)
+                for _ in range(2):  # the first call builds the cached path, the second uses it
+                    got = ag.genai_price(model.id, usage)
+                    assert got == float(expected), (provider.id, model.id, inp, read, write)
+                compared += 1
+    assert compared > 1000
+
+
 def test_usage_fast_init_sets_every_field_and_stays_frozen() -> None:
     import dataclasses
     import inspect
