@@ -38,7 +38,7 @@ from .budget import (
 from .errors import ConfigurationError, UnknownPrice
 from .telemetry import _trace_globals
 from .telemetry import tracing_enabled as _tracing
-from .usage import Usage, UsageExtractor, read_usage, resolve_price
+from .usage import Usage, UsageExtractor, _cached_linear_price, read_usage, resolve_price
 
 __all__ = ["llm_call", "tool_call", "record_usage", "CallInfo", "current_call"]
 
@@ -536,7 +536,9 @@ def _reserve_cost(
     provider: str | None,
 ) -> Usage | None:
     """When a pool of the chain limits cost: add the estimate's price to `reserve` (raises
-    `UnknownPrice` when nothing knows the model) and return the estimate `Usage`."""
+    `UnknownPrice` when nothing knows the model) and return the estimate `Usage` when one
+    was built to price it (None: no cost limit, or priced from genai-prices' cached linear
+    price without one; the caller builds it if it needs it)."""
     for p in pool._chain:  # a loop, not any(<genexpr>): no generator per call
         if "cost_usd" in p.limits:
             break
@@ -544,8 +546,13 @@ def _reserve_cost(
         return None
     inp = int(reserve["input_tokens"])
     out = int(reserve["output_tokens"])
-    estimate = Usage(inp, out, None, model, provider)
     cfg = _config._config
+    if cfg.price is None and model is not None:
+        cost = _cached_linear_price(model, provider, inp, out)  # = resolve_price's answer
+        if cost is not None:
+            reserve["cost_usd"] = cost
+            return None
+    estimate = Usage(inp, out, None, model, provider)
     cost = resolve_price(model, estimate, cfg.price, cfg.fallback_price)
     if cost is None:
         raise UnknownPrice(

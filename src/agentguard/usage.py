@@ -267,14 +267,14 @@ class _LinearPrice:
         coefficients = [Decimal(c) for c in (base, inp, out, cache_read, cache_write)]
         exponent = min(int(c.as_tuple().exponent) for c in coefficients)
         shift = -exponent if exponent < 0 else 0
-        self.denominator = 10**shift
+        self.denominator: int = 10**shift
         # scaleb moves the decimal point exactly: every coefficient becomes an integer.
-        base, inp, out, cache_read, cache_write = (int(c.scaleb(shift)) for c in coefficients)
-        self.base = base
-        self.input = inp
-        self.output = out
-        self.cache_read = cache_read
-        self.cache_write = cache_write
+        ints = [int(c.scaleb(shift)) for c in coefficients]
+        self.base: int = ints[0]
+        self.input: int = ints[1]
+        self.output: int = ints[2]
+        self.cache_read: int = ints[3]
+        self.cache_write: int = ints[4]
 
     def cost(self, inp: int, out: int, cache_read: int, cache_write: int) -> float:
         total = self.base + self.input * inp + self.output * out
@@ -367,6 +367,15 @@ def genai_price(model: str, usage: Usage) -> float | None:
             _linear_cache[lkey] = _linear_price(model_price, read > 0, write > 0)
     out = usage.output_tokens or 0
     return float(_genai_calc(model_price, inp, out, read or None, write or None))
+
+
+def _cached_linear_price(model: str, provider: str | None, inp: int, out: int) -> float | None:
+    """`genai_price` of a usage without cache tokens when that model's linear price is
+    already cached (no `Usage` built); None when it is not (the caller goes the long way)."""
+    linear = _linear_cache.get((model, provider, False, False))
+    if type(linear) is _LinearPrice:
+        return linear.cost(inp, out, 0, 0)
+    return None
 
 
 def resolve_price(
