@@ -504,6 +504,55 @@ def test_instrument_is_idempotent_and_uninstrument_restores_the_sdk(provider: Pr
         chat(provider.openai())
 
 
+def test_hooks_forward_the_sdks_keywords_by_name_when_the_signature_matches() -> None:
+    # The supported SDK versions get the wrappers without *args/**kwargs (the fast path).
+    import inspect
+
+    for cls, attr in (
+        (SyncAPIClient, "request"),
+        (AsyncAPIClient, "request"),
+        (BaseClient, "_build_request"),
+    ):
+        code = cls.__dict__[attr].__code__
+        assert not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS), (cls, attr)
+
+
+def test_an_sdk_whose_signatures_changed_gets_the_generic_hooks_and_is_still_charged(
+    provider: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A future SDK with another request()/_build_request() signature: the wrappers forward
+    # everything; every request is still charged, SDK retries included, streams settled.
+    import inspect
+
+    ag.uninstrument()
+    module = importlib.import_module("agentguard.instrument")
+    monkeypatch.setattr(module, "_REQUEST_KEYWORDS", {"stream": False, "timeout": None})
+    monkeypatch.setattr(module, "_BUILD_KEYWORDS", {"attempt": 0})
+    ag.instrument(openai=True)
+    for cls, attr in (
+        (SyncAPIClient, "request"),
+        (AsyncAPIClient, "request"),
+        (BaseClient, "_build_request"),
+    ):
+        assert cls.__dict__[attr].__code__.co_flags & inspect.CO_VARKEYWORDS, (cls, attr)
+    client = provider.openai(max_retries=2)
+    provider.fail_with = [500]
+    with ag.BudgetPool(llm_calls=5, name="run") as pool:
+        chat(client, max_tokens=64)  # one 500, then the SDK's retry succeeds
+        stream = chat(client, stream=True)
+        assert len(list(stream)) > 0
+        aclient = provider.async_openai()
+        asyncio.run(aclient.chat.completions.create(model=MODEL, messages=MESSAGES))
+        for _ in range(10):
+            try:
+                chat(client)
+            except ag.BudgetExceeded:
+                pass
+    assert provider.sent == 5  # 2 attempts + 1 stream + 1 async + 1 more, then refused
+    assert pool.spent["llm_calls"] == 5
+    assert pool.reserved == {}
+
+
 def test_concurrent_instrument_and_uninstrument_never_stack_wrappers() -> None:
     def flip(n: int) -> None:
         for _ in range(50):
