@@ -1,5 +1,8 @@
 """Property tests: for any sequence of charges, reservations, settlements and releases over any
-pool tree, no pool ever spends past its limit, refusals are exact, and totals equal the ledger.
+pool tree, no pool ever spends past its limit (except by a settled overrun, which stops it),
+refusals are exact, `budget.warn` alerts fire exactly when and where a warn mark is first
+reached, and totals equal the ledger. The fast paths (a lone pool's tool calls, the gated
+admit and settle of any in-memory chain) and the general path are both exercised.
 """
 
 from __future__ import annotations
@@ -24,25 +27,32 @@ DIMS = ("llm_calls", "tool_calls", "total_tokens", "jobs")
 limits_st = st.fixed_dictionaries(
     {},
     optional={
-        "llm_calls": st.integers(0, 12),
-        "tool_calls": st.integers(0, 12),
+        "llm_calls": st.integers(0, 12) | st.integers(20, 120),
+        "tool_calls": st.integers(0, 12) | st.integers(20, 120),
         "total_tokens": st.integers(0, 400),
     },
 )
+warn_st = st.sampled_from([None, 0.5, 0.8, 1.0])
 amounts_st = st.dictionaries(
-    st.sampled_from(DIMS), st.integers(0, 60), min_size=1, max_size=3
+    st.sampled_from(DIMS), st.integers(0, 8) | st.integers(0, 60), min_size=1, max_size=3
 )
 
 
 class Model:
     """An independent, obviously-correct model of one pool."""
 
-    def __init__(self, limits: dict[str, int], parent: Model | None) -> None:
+    def __init__(
+        self, name: str, limits: dict[str, int], parent: Model | None, warn_at: float | None
+    ) -> None:
+        self.name = name
         self.limits = limits
         self.parent = parent
+        self.warn_at = warn_at
+        self.warned: set[str] = set()
         self.spent = dict.fromkeys(DIMS, 0)
         self.reserved = dict.fromkeys(DIMS, 0)
         self.stopped = False
+        self.overran = False
 
     @property
     def chain(self) -> list[Model]:
@@ -64,49 +74,93 @@ class Model:
                     return False
         return True
 
+    def warns(self, dims: Any) -> set[tuple[str, str]]:
+        """The warn alerts the amounts just applied must raise: each (pool, dimension) whose
+        use first reaches `limit * warn_at` (a mark fires once)."""
+        out: set[tuple[str, str]] = set()
+        for m in self.chain:
+            for dim in dims:
+                limit = m.limits.get(dim)
+                if m.warn_at is None or not limit or dim in m.warned:
+                    continue
+                if m.spent[dim] + m.reserved[dim] >= limit * m.warn_at:
+                    m.warned.add(dim)
+                    out.add((m.name, dim))
+        return out
+
+    def overruns(self, dims: Any) -> None:
+        """A settle that used more than reserved: a pool now over a limit stops."""
+        for m in self.chain:
+            for dim in dims:
+                limit = m.limits.get(dim)
+                if limit is not None and m.spent[dim] + m.reserved[dim] > limit:
+                    m.overran = True
+                    m.stopped = True
+
 
 class PoolMachine(RuleBasedStateMachine):
     pools = Bundle("pools")
     reservations = Bundle("reservations")
 
-    @initialize(target=pools, limits=limits_st)
-    def root(self, limits: dict[str, int]) -> Any:
+    @initialize(target=pools, limits=limits_st, warn_at=warn_st)
+    def root(self, limits: dict[str, int], warn_at: float | None) -> Any:
         self.models: dict[int, Model] = {}
         self.all: list[ag.BudgetPool] = []
-        pool = ag.BudgetPool(name="root", custom={"jobs": 10**9}, **limits)
-        self.models[id(pool)] = Model(dict(limits), None)
+        self.alerts: list[ag.Alert] = []
+        ag.on_alert(self.alerts.append)
+        pool = ag.BudgetPool(name="root", custom={"jobs": 10**9}, warn_at=warn_at, **limits)
+        self.models[id(pool)] = Model("root", dict(limits), None, warn_at)
         self.all.append(pool)
         return pool
 
-    @rule(target=pools, parent=pools, limits=limits_st)
-    def child(self, parent: ag.BudgetPool, limits: dict[str, int]) -> Any:
+    def teardown(self) -> None:
+        if hasattr(self, "alerts"):
+            ag.remove_alert_hook(self.alerts.append)
+
+    def check_warns(self, since: int, expected: set[tuple[str, str]]) -> None:
+        got = [
+            (a.pool, a.data["dimension"])
+            for a in self.alerts[since:]
+            if a.kind == "budget.warn"
+        ]
+        assert len(got) == len(set(got)), f"a warn mark fired twice: {got}"
+        assert set(got) == expected, (got, expected)
+
+    @rule(target=pools, parent=pools, limits=limits_st, warn_at=warn_st)
+    def child(self, parent: ag.BudgetPool, limits: dict[str, int], warn_at: float | None) -> Any:
         if len(self.all) >= 6:
             return multiple()
-        pool = ag.BudgetPool(name=f"p{len(self.all)}", warn_at=None, **limits)
+        name = f"p{len(self.all)}"
+        pool = ag.BudgetPool(name=name, warn_at=warn_at, **limits)
         pool._attach(parent)
-        self.models[id(pool)] = Model(dict(limits), self.models[id(parent)])
+        self.models[id(pool)] = Model(name, dict(limits), self.models[id(parent)], warn_at)
         self.all.append(pool)
         return pool
 
     @rule(pool=pools, amounts=amounts_st)
     def charge(self, pool: ag.BudgetPool, amounts: dict[str, int]) -> None:
-        expected = self.models[id(pool)].admit(amounts)
+        model = self.models[id(pool)]
+        expected = model.admit(amounts)
+        since = len(self.alerts)
         try:
             pool.charge(**amounts)
         except ag.BudgetExceeded:
             assert not expected, "refused a charge that fits"
             return
         assert expected, "accepted a charge that does not fit"
-        for m in self.models[id(pool)].chain:
+        for m in model.chain:
             for dim, amount in amounts.items():
                 m.spent[dim] += amount
+        self.check_warns(since, model.warns(amounts))
 
     @rule(pool=pools, same_args=st.booleans())
     def tool_call(self, pool: ag.BudgetPool, same_args: bool) -> None:
         """The hot path of @tool_call (fast path for a lone pool, general path otherwise)."""
-        expected = self.models[id(pool)].admit({"tool_calls": 1})
+        model = self.models[id(pool)]
+        expected = model.admit({"tool_calls": 1})
         self.calls = getattr(self, "calls", 0) + 1
         args = ("same",) if same_args else (self.calls,)
+        since = len(self.alerts)
         try:
             pool._charge_tool("tool", "route", args, {}, None)
         except ag.BudgetExceeded:
@@ -114,13 +168,15 @@ class PoolMachine(RuleBasedStateMachine):
             return
         assert expected, "accepted a tool call that does not fit"
         pool._tool_row("route", 0.0, "ok", 0.0)
-        for m in self.models[id(pool)].chain:
+        for m in model.chain:
             m.spent["tool_calls"] += 1
+        self.check_warns(since, model.warns(["tool_calls"]))
 
     @rule(target=reservations, pool=pools, amounts=amounts_st)
     def reserve(self, pool: ag.BudgetPool, amounts: dict[str, int]) -> Any:
         model = self.models[id(pool)]
         expected = model.admit(amounts)
+        since = len(self.alerts)
         try:
             res = pool.reserve(**amounts)
         except ag.BudgetExceeded:
@@ -130,17 +186,43 @@ class PoolMachine(RuleBasedStateMachine):
         for m in model.chain:
             for dim, amount in amounts.items():
                 m.reserved[dim] += amount
+        self.check_warns(since, model.warns(amounts))
         return (res, pool, amounts)
 
-    @rule(entry=consumes(reservations), fraction=st.sampled_from([0.0, 0.5, 1.0]))
+    @rule(entry=consumes(reservations), fraction=st.sampled_from([0.0, 0.5, 1.0, 1.5, 3.0]))
     def settle(self, entry: tuple[Any, ag.BudgetPool, dict[str, int]], fraction: float) -> None:
+        # 1.5, 3: the call used more than it reserved (an overrun: recorded, the pool stops)
         res, pool, amounts = entry
         actual = {dim: int(amount * fraction) for dim, amount in amounts.items()}
+        model = self.models[id(pool)]
+        since = len(self.alerts)
         res.settle(actual)
-        for m in self.models[id(pool)].chain:
+        for m in model.chain:
             for dim, amount in amounts.items():
                 m.reserved[dim] -= amount
                 m.spent[dim] += actual[dim]
+        self.check_warns(since, model.warns(actual))
+        model.overruns(actual)
+
+    @rule(pool=pools, amounts=amounts_st)
+    def reserve_and_overrun(self, pool: ag.BudgetPool, amounts: dict[str, int]) -> None:
+        # A call that reports twice what it reserved, settled at once: near a limit this is
+        # an overrun (the general path); far from it, the fast path takes it.
+        model = self.models[id(pool)]
+        since = len(self.alerts)
+        try:
+            res = pool.reserve(**amounts)
+        except ag.BudgetExceeded:
+            assert not model.admit(amounts), "refused a reservation that fits"
+            return
+        assert model.admit(amounts), "accepted a reservation that does not fit"
+        actual = {dim: 2 * amount for dim, amount in amounts.items()}
+        res.settle(actual)
+        for m in model.chain:
+            for dim in amounts:
+                m.spent[dim] += actual[dim]
+        self.check_warns(since, model.warns(actual))
+        model.overruns(actual)
 
     @rule(entry=consumes(reservations))
     def release(self, entry: tuple[Any, ag.BudgetPool, dict[str, int]]) -> None:
@@ -161,7 +243,7 @@ class PoolMachine(RuleBasedStateMachine):
                 assert spent.get(dim, 0) == model.spent[dim], (pool.name, dim)
                 assert reserved.get(dim, 0) == model.reserved[dim], (pool.name, dim)
                 limit = pool.limits.get(dim)
-                if limit is not None:
+                if limit is not None and not model.overran:
                     assert spent[dim] + reserved.get(dim, 0) <= limit
             assert pool.stopped == any(m.stopped for m in model.chain)
 
