@@ -133,6 +133,7 @@ class _Request:
 
     __slots__ = (
         "annotate",
+        "annotate_sdk",
         "attempts",
         "estimate",
         "info",
@@ -154,6 +155,7 @@ class _Request:
         self.attempts = 0
         self.span: Any = None
         self.annotate: Any = None  # a span that is not ours: add attributes, never end it
+        self.annotate_sdk = False  # the SDK starts its own span: annotate it at the 1st attempt
         self.t0 = t0
         self.token_call: Token[CallInfo | None] | None = None
         self.token_request: Token[_Request | None] | None = None
@@ -417,8 +419,12 @@ def _build_request_wrapper(sdk: _Sdk, original: Callable[..., Any]) -> Callable[
     @functools.wraps(original)
     def build_request(self: Any, options: Any, *, retries_taken: int = 0) -> Any:
         req = _request.get()
-        if req is not None and req.sdk is sdk:
-            _attempt(req)
+        if req is not None and req.sdk is sdk:  # `_attempt`, inlined
+            req.attempts += 1
+            if req.attempts > 1:
+                _charge_retry(req)
+            elif req.annotate_sdk:
+                _annotate_sdk_span(req)
         return original(self, options, retries_taken=retries_taken)
 
     build_request.__agentguard_instrument__ = True  # type: ignore[attr-defined]
@@ -444,7 +450,7 @@ def _attempt(req: _Request) -> None:
     req.attempts += 1
     if req.attempts > 1:
         _charge_retry(req)
-    elif req.annotate is None and req.span is None and _tracing():
+    elif req.annotate_sdk:
         _annotate_sdk_span(req)
 
 
@@ -757,7 +763,8 @@ def _start_span(req: _Request, client: Any, model: str | None) -> None:
         _pool_attributes(current, req.info)
         return
     if getattr(client, "_tracer", None) is not None:
-        return  # the SDK starts its own span inside request(); annotated per attempt
+        req.annotate_sdk = True  # the SDK starts its own span inside request()
+        return
     op = req.op
     attrs: dict[str, Any] = {
         telemetry.ATTR.GEN_AI_OPERATION_NAME: op.operation,
