@@ -717,6 +717,28 @@ def test_a_bypass_on_the_redis_parent_lets_its_redis_child_through(
     assert bypasses.use_counts() == {"budget:root": 2}
 
 
+def test_a_bypass_on_an_in_memory_pool_of_a_redis_chain_lets_it_through(
+    backend: Callable[..., ag.RedisBackend],
+) -> None:
+    # The local part of a mixed chain honours `budget:<pool>` like an in-memory chain does.
+    _bypass_entry("budget:sub")
+    with ag.BudgetPool(tool_calls=50, name="root", backend=backend(create=True)):
+        with ag.BudgetPool(tool_calls=2, name="sub") as sub:
+            for _ in range(4):
+                sub.charge(tool_calls=1)  # the 3rd and 4th are over sub's limit
+            assert not sub.stopped
+    assert backend().state().spent["tool_calls"] == 4
+    assert bypasses.use_counts() == {"budget:sub": 2}
+    bypasses._reset_for_tests()  # no bypass: the same overrun is refused and stops sub
+    with ag.BudgetPool(tool_calls=50, name="root", backend=backend()):
+        with ag.BudgetPool(tool_calls=1, name="sub") as sub:
+            sub.charge(tool_calls=1)
+            with pytest.raises(ag.BudgetExceeded):
+                sub.charge(tool_calls=1)
+            assert sub.stopped
+    assert backend().state().spent["tool_calls"] == 5
+
+
 def test_a_bypass_of_another_pool_does_not_open_a_redis_pool(
     backend: Callable[..., ag.RedisBackend],
 ) -> None:

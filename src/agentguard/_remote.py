@@ -37,6 +37,8 @@ from .budget import (
     BudgetPool,
     Reservation,
     _BypassNote,
+    _let_through,
+    _limit_bypass,
     _loop_key,
     _now,
     _num,
@@ -486,17 +488,22 @@ def _local_admit(
     err: BudgetExceeded | None = None
     stopped: BudgetPool | None = None
     warns: list[tuple[BudgetPool, str]] | None = None
+    notes: list[_BypassNote] | None = None
     now = _config._config.clock.monotonic() if pool._chain_deadline else 0.0
     with pool._lock:
         for p in pool._chain:
             # A Redis-backed pool's stop flag and limits are checked by the script, in chain
             # order with its other Redis-backed pools (so the same pool refuses as in memory);
-            # only its process-local stops (the loop guard) are checked here.
+            # only its process-local stops (the loop guard) are checked here. An in-memory
+            # pool of the chain honours its `budget:<pool>` bypass as `BudgetPool._admit` does.
             stop = p._stopped
             if stop is not None and (p.backend is None or isinstance(stop, LoopDetected)):
                 err = pool._already_stopped(p, route, function)
                 break
             if p._has_deadline and now > cast(float, p._deadline):
+                notes = _limit_bypass(p, "wall_seconds", now - p._started, notes)
+                if _let_through(notes, p):
+                    continue  # one use per pool and call: the bypass covers its limits
                 err, stopped = pool._wall_refusal(p, now, route, function), p
                 break
             if p.backend is None and p.limits:
@@ -506,6 +513,10 @@ def _local_admit(
                         continue
                     need = charge.get(dim, 0.0) + reserve.get(dim, 0.0)
                     if p._spent[dim] + p._reserved[dim] + need > limit + _EPS:
+                        used = p._spent[dim] + p._reserved[dim] + need
+                        notes = _limit_bypass(p, dim, used, notes)
+                        if _let_through(notes, p):
+                            break  # one use per pool and call; the pool's other limits too
                         err, stopped = pool._refusal(p, dim, need, route, function), p
                         break
                 if err is not None:
@@ -534,6 +545,8 @@ def _local_admit(
             pool._ledger.append(
                 (_now(), pool, route, kind, {}, "refused", None, (err.dimension,), None)
             )
+    if notes:
+        _report_bypasses(notes, route, function)
     if err is not None:
         if stopped is not None:
             pool._after_stop(stopped, err)
