@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -253,6 +254,57 @@ def test_threads_and_tasks_together_make_exactly_the_limit() -> None:
         asyncio.run(main())
     assert ran == 5000
     assert pool.spent["tool_calls"] == 5000
+
+
+def test_llm_calls_from_16_threads_over_a_pool_tree_are_exact_and_warn_once() -> None:
+    """The LLM fast path (gated admit and settle) under contention: 16 threads on 4 child
+    pools of one root. The root's limit binds first: exactly 700 calls, each warn mark fires
+    once, nothing stays reserved, and the ledger adds up to what was spent."""
+    alerts: list[ag.Alert] = []
+    ag.on_alert(alerts.append)
+
+    @ag.llm_call(model="m", max_tokens=10)
+    def chat() -> dict[str, Any]:
+        return {"usage": {"input_tokens": 3, "output_tokens": 5}}
+
+    root = ag.BudgetPool(llm_calls=700, output_tokens=10**6, warn_at=0.5, name="root")
+    made = [0] * 16
+
+    def worker(i: int) -> None:
+        for _ in range(400):
+            try:
+                chat()
+            except ag.BudgetExceeded:
+                return
+            made[i] += 1
+
+    with root:
+        children = [
+            ag.BudgetPool(llm_calls=250, output_tokens=10**6, warn_at=0.2, name=f"c{k}")
+            for k in range(4)
+        ]
+        for child in children:
+            child._attach(root)
+        threads = [
+            threading.Thread(target=children[i % 4].bind(worker), args=(i,)) for i in range(16)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sum(made) == 700
+    assert root.spent["llm_calls"] == 700
+    assert root.spent["output_tokens"] == 5 * 700
+    assert sum(c.spent["llm_calls"] for c in children) == 700
+    assert root.reserved == {} and all(c.reserved == {} for c in children)
+    warns = [(a.pool, a.data["dimension"]) for a in alerts if a.kind == "budget.warn"]
+    expected = {("root", "llm_calls")} | {
+        (c.name, "llm_calls") for c in children if c.spent["llm_calls"] >= 50
+    }
+    assert sorted(warns) == sorted(expected)  # each mark once, none twice
+    rows = [r for r in root.ledger if r.outcome == "ok"]
+    assert len(rows) == 700
+    assert sum(r.amounts["output_tokens"] for r in rows) == 5 * 700
 
 
 def test_wall_seconds_stops_the_run_at_its_next_call() -> None:
