@@ -1389,6 +1389,26 @@ class Reservation:
             (now, pool, self.route, self.kind, amounts, outcome, duration, flags, detail)
         )
 
+    def _settle_owned(
+        self,
+        actual: dict[str, float],
+        outcome: str,
+        flags: tuple[str, ...],
+        detail: Mapping[str, Any] | None,
+    ) -> None:
+        """`settle()` for a guard's own `actual` of standard dimensions, disjoint from the
+        charged ones (an LLM call: tokens and cost vs `llm_calls`): no dimension check, and
+        `actual` itself becomes the ledger row's amounts. The hot path of every LLM call."""
+        pool = self.pool
+        if not (pool._fast and pool._settle_fast(self, actual)):
+            self.settle(actual, outcome=outcome, flags=flags, detail=detail)
+            return
+        actual.update(self.charged)
+        now = _now()
+        pool._ledger.append(
+            (now, pool, self.route, self.kind, actual, outcome, now - self.started, flags, detail)
+        )
+
     def release(self, *, outcome: str = "error", detail: Mapping[str, Any] | None = None) -> None:
         """Give the reservation back (the call failed); the charged amounts stay spent."""
         pool = self.pool

@@ -32,7 +32,6 @@ from .budget import (
     BudgetPool,
     Reservation,
     _current,
-    _now,
     _resolve,
 )
 from .errors import ConfigurationError, UnknownPrice
@@ -645,28 +644,7 @@ def _finish_llm(
     assert reservation is not None
     if defer:
         return actual, detail
-    pool = reservation.pool
-    if pool._fast and pool._settle_fast(reservation, actual):
-        # `Reservation.settle`, the common case in this frame: below every gate. The LLM
-        # call's charge ({"llm_calls": 1}) and `actual` (tokens, cost) are disjoint, and
-        # `actual` is this call's own dict: it becomes the row's amounts.
-        actual.update(reservation.charged)
-        now = _now()
-        pool._ledger.append(
-            (
-                now,
-                pool,
-                reservation.route,
-                reservation.kind,
-                actual,
-                outcome,
-                now - reservation.started,
-                flags,
-                detail,
-            )
-        )
-    else:
-        reservation.settle(actual, outcome=outcome, flags=flags, detail=detail)
+    reservation._settle_owned(actual, outcome, flags, detail)
     info.outcome = outcome
     if _llm_listeners:  # every settled LLM call: the decorator, ag.instrument, LangChain
         _notify_llm(info)
