@@ -508,3 +508,20 @@ def test_raw_sdk_calls_under_instrument_reach_the_cost_outlier_watch(
     [alert] = [a for a in captured_alerts if a.kind == "cost.outlier"]
     assert alert.route == "openai.chat.completions"
     assert alert.data["value"] == USAGE_IN + USAGE_OUT and alert.data["median"] == 1.0
+
+
+def test_a_transaction_interrupted_midway_leaves_nothing_half_written(tmp_path: Path) -> None:
+    from agentguard.store import _schema
+
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    with pytest.raises(KeyboardInterrupt):
+        with _schema.immediate(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+            raise KeyboardInterrupt  # even a Ctrl-C between two statements
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    with _schema.immediate(conn):
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert conn.execute("SELECT x FROM t").fetchall() == [(2,)]
+    conn.close()

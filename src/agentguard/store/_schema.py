@@ -11,6 +11,8 @@ by a newer agentguard (a higher version than `LATEST`) is refused, not silently 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import StoreError
 
@@ -123,8 +125,7 @@ def migrate(conn: sqlite3.Connection, path: str, target: int = LATEST) -> int:
     for number, _what, sql in MIGRATIONS:
         if number > target:
             break
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version ("
                 "version INTEGER PRIMARY KEY, applied REAL NOT NULL)"
@@ -139,11 +140,24 @@ def migrate(conn: sqlite3.Connection, path: str, target: int = LATEST) -> int:
                     "INSERT INTO schema_version(version, applied) VALUES (?, julianday('now'))",
                     (number,),
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     return current_version(conn)
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One `BEGIN IMMEDIATE` transaction on an autocommit connection: committed when the
+    block ends, rolled back (and the error re-raised unchanged) when anything escapes it,
+    a KeyboardInterrupt included, so the file never keeps a half-written transaction. The
+    rollback is skipped when SQLite already ended the transaction, so it cannot mask the
+    error that ended it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _statements(sql: str) -> list[str]:

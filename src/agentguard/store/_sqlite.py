@@ -222,15 +222,10 @@ class SQLiteStore:
 
     @staticmethod
     def _prune(conn: sqlite3.Connection, cutoff: float) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _schema.immediate(conn):
             conn.execute("DELETE FROM ledger WHERE ts < ?", (cutoff,))
             conn.execute("DELETE FROM runs WHERE started < ?", (cutoff,))
             conn.execute("DELETE FROM dead_letters WHERE ts < ?", (cutoff,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
@@ -260,14 +255,8 @@ class SQLiteStore:
             conn = self._connection()
 
             def attempt() -> None:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _schema.immediate(conn):
                     fn(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
 
             try:
                 self._retry(attempt, "write")
