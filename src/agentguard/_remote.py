@@ -37,8 +37,6 @@ from .budget import (
     BudgetPool,
     Reservation,
     _BypassNote,
-    _let_through,
-    _limit_bypass,
     _loop_key,
     _now,
     _num,
@@ -476,84 +474,6 @@ def _check_dims(pool: BudgetPool, dims: Any) -> None:
             pool._unknown_dimension(dim)
 
 
-def _local_admit(
-    pool: BudgetPool,
-    charge: Mapping[str, float],
-    reserve: Mapping[str, float],
-    route: str | None,
-    function: str | None,
-    kind: str,
-) -> list[tuple[BudgetPool, str]] | None:
-    """Check and apply the chain's local part; raise (and stop) like the in-memory pool."""
-    err: BudgetExceeded | None = None
-    stopped: BudgetPool | None = None
-    warns: list[tuple[BudgetPool, str]] | None = None
-    notes: list[_BypassNote] | None = None
-    now = _config._config.clock.monotonic() if pool._chain_deadline else 0.0
-    with pool._lock:
-        for p in pool._chain:
-            # A Redis-backed pool's stop flag and limits are checked by the script, in chain
-            # order with its other Redis-backed pools (so the same pool refuses as in memory);
-            # only its process-local stops (the loop guard) are checked here. An in-memory
-            # pool of the chain honours its `budget:<pool>` bypass as `BudgetPool._admit` does.
-            stop = p._stopped
-            if stop is not None and (p.backend is None or isinstance(stop, LoopDetected)):
-                err = pool._already_stopped(p, route, function)
-                break
-            if p._has_deadline and now > cast(float, p._deadline):
-                notes = _limit_bypass(p, "wall_seconds", now - p._started, notes)
-                if _let_through(notes, p):
-                    continue  # one use per pool and call: the bypass covers its limits
-                err, stopped = pool._wall_refusal(p, now, route, function), p
-                break
-            if p.backend is None and p.limits:
-                for dim in itertools.chain(charge, reserve):
-                    limit = p.limits.get(dim)
-                    if limit is None:
-                        continue
-                    need = charge.get(dim, 0.0) + reserve.get(dim, 0.0)
-                    if p._spent[dim] + p._reserved[dim] + need > limit + _EPS:
-                        used = p._spent[dim] + p._reserved[dim] + need
-                        notes = _limit_bypass(p, dim, used, notes)
-                        if _let_through(notes, p):
-                            break  # one use per pool and call; the pool's other limits too
-                        err, stopped = pool._refusal(p, dim, need, route, function), p
-                        break
-                if err is not None:
-                    break
-        if err is None:
-            for p in pool._chain:
-                for dim, amount in charge.items():
-                    p._spent[dim] += amount
-                for dim, amount in reserve.items():
-                    p._reserved[dim] += amount
-                if p.backend is None and p._warn_marks:
-                    for dim in itertools.chain(charge, reserve):
-                        mark = p._warn_marks.get(dim)
-                        if mark is not None and p._spent[dim] + p._reserved[dim] >= mark:
-                            del p._warn_marks[dim]
-                            if dim == "tool_calls":
-                                p._tool_warn = None
-                            p._update_gate()
-                            warns = warns or []
-                            warns.append((p, dim))
-            pool._charged = True
-            pool._root._charged = True
-        else:
-            if stopped is not None:
-                stopped._stopped = err
-            pool._ledger.append(
-                (_now(), pool, route, kind, {}, "refused", None, (err.dimension,), None)
-            )
-    if notes:
-        _report_bypasses(notes, route, function)
-    if err is not None:
-        if stopped is not None:
-            pool._after_stop(stopped, err)
-        raise err
-    return warns
-
-
 def _local_rollback(
     pool: BudgetPool, charge: Mapping[str, float], reserve: Mapping[str, float]
 ) -> None:
@@ -915,7 +835,7 @@ def _admit_io(
     """The local step, then fast.lua (a plain charge) or charge.lua; rolls back on failure."""
     if charge is not _TOOL_CHARGE:
         _check_dims(pool, itertools.chain(charge, reserve))
-    warns = _local_admit(pool, charge, reserve, route, function, kind)
+    warns = pool._admit_local(charge, reserve, route, function, kind)
     backend = plan.backend
     reply: Any = "slow"
     rid = ""
@@ -971,7 +891,7 @@ async def _aadmit_io(
     """`_admit_io` on the asyncio client."""
     if charge is not _TOOL_CHARGE:
         _check_dims(pool, itertools.chain(charge, reserve))
-    warns = _local_admit(pool, charge, reserve, route, function, kind)
+    warns = pool._admit_local(charge, reserve, route, function, kind)
     backend = plan.backend
     reply: Any = "slow"
     rid = ""

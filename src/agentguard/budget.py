@@ -887,6 +887,30 @@ class BudgetPool:
                 lock.release()
                 return Reservation(self, charge, reserve, route, function, kind)
             lock.release()
+        warns = self._admit_local(charge, reserve, route, function, kind)
+        if warns:
+            self._emit_warns(warns, route)
+        # Not copied: every caller hands over a fresh dict or a module constant, and a
+        # reservation never changes its amounts.
+        return Reservation(self, charge, reserve, route, function, kind)
+
+    def _admit_local(
+        self,
+        charge: Mapping[str, float],
+        reserve: Mapping[str, float],
+        route: str | None,
+        function: str | None,
+        kind: str,
+    ) -> list[tuple[BudgetPool, str]] | None:
+        """The general admission of the chain's in-process part, all or nothing: stops,
+        deadlines, limits (with `budget:<pool>` bypasses), warn marks; raises (and stops the
+        pool) on refusal; returns the warn marks reached, for the caller to alert.
+
+        A Redis-backed pool's stop flag, limits and marks are the Redis script's (checked in
+        chain order with its other Redis pools, so the same pool refuses as in memory): only
+        its process-local stops (the loop guard) and its deadline are checked here. In an
+        all-memory chain every pool is checked in full.
+        """
         err: BudgetExceeded | None = None
         stopped: BudgetPool | None = None
         warns: list[tuple[BudgetPool, str]] | None = None
@@ -894,7 +918,9 @@ class BudgetPool:
         now = _config._config.clock.monotonic() if self._chain_deadline else 0.0
         with self._lock:
             for p in self._chain:
-                if p._stopped is not None:
+                local = p.backend is None
+                stop = p._stopped
+                if stop is not None and (local or isinstance(stop, LoopDetected)):
                     err = self._already_stopped(p, route, function)
                     break
                 if p._has_deadline and now > cast(float, p._deadline):
@@ -904,7 +930,7 @@ class BudgetPool:
                     err, stopped = self._wall_refusal(p, now, route, function), p
                     break
                 limits = p.limits
-                if not limits:
+                if not limits or not local:
                     continue
                 for dim, limit in limits.items():  # a pool's few limits, not every amount
                     if dim not in charge and dim not in reserve:
@@ -925,7 +951,7 @@ class BudgetPool:
                         p._spent[dim] += amount
                     for dim, amount in reserve.items():
                         p._reserved[dim] += amount
-                    if p._warn_marks:
+                    if p._warn_marks and p.backend is None:
                         for dim in itertools.chain(charge, reserve):
                             mark = p._warn_marks.get(dim)
                             if mark is not None and p._spent[dim] + p._reserved[dim] >= mark:
@@ -949,11 +975,7 @@ class BudgetPool:
             if stopped is not None:
                 self._after_stop(stopped, err)
             raise err
-        if warns:
-            self._emit_warns(warns, route)
-        # Not copied: every caller hands over a fresh dict or a module constant, and a
-        # reservation never changes its amounts.
-        return Reservation(self, charge, reserve, route, function, kind)
+        return warns
 
     def _tool_row(
         self,
