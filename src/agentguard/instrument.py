@@ -580,23 +580,8 @@ def _done(req: _Request, result: Any) -> Any:
             usage = _from_usage_block(fields, model if type(model) is str else None, sdk.name)
             if usage is not None and usage.output_tokens is None:
                 usage = _complete(req.op, usage)  # embeddings: no output tokens
-            info = req.info
-            info.usage = usage
-            if (
-                usage is None
-                or usage.input_tokens is None
-                or usage.output_tokens is None
-                or req.annotate is not None
-            ):
-                _settle(req, result)
-                return result
-            # `_settle` with a known usage, in this frame.
-            info.duration = perf_counter() - req.t0
-            _finish_llm(req.op.settings, info, result, req.reserve, info.model, _KNOWN)
-            if req.span is not None or _metrics():
-                _llm_telemetry(info, req.span, req.op.operation)
-            if _call_listeners:
-                _notify(info)
+            req.info.usage = usage
+            _settle(req, result)
             return result
     usage = _usage_of(req, result)
     if not req.owned:
