@@ -620,15 +620,7 @@ def _finish_llm(
         "total_tokens": float((total if total is not None else usage.total) or 0),
     }
     used_model = model or usage.model
-    price = cfg.price
-    if used_model is not None and price is not None:  # `resolve_price`, the common case
-        cost = price(used_model, usage)
-        if cost is not None:
-            cost = float(cost)
-        elif cfg.fallback_price is not None:
-            cost = cfg.fallback_price.cost(usage)
-    else:
-        cost = resolve_price(used_model, usage, price, cfg.fallback_price)
+    cost = resolve_price(used_model, usage, cfg.price, cfg.fallback_price)
     if cost is None:
         flags += ("cost_unknown",)
         if "cost_usd" in reserve:
