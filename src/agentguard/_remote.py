@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import _config
 from . import bypasses as _byp
-from ._redact import describe_args
 from .alerts import Alert, emit_alert
 from .budget import (
     _EPS,
@@ -979,16 +978,8 @@ def _loop_guard(
     loop_key = _loop_key(tool, args, kwargs)
     err: LoopDetected | None = None
     with pool._lock:
-        n = pool._loop.hit(loop_key, loop_limit)
-        if n > loop_limit:
-            err = LoopDetected(
-                pool=pool.name,
-                tool=tool,
-                arguments=describe_args(args, kwargs),
-                count=n,
-                loop_limit=loop_limit,
-                route=route,
-            )
+        err = pool._loop_hit(tool, args, kwargs, loop_key, loop_limit, route)
+        if err is not None:
             if pool._stopped is None:
                 pool._stopped = err
             pool._ledger.append((_now(), pool, route, "tool", {}, "refused", None, ("loop",), None))

@@ -799,16 +799,8 @@ class BudgetPool:
                         break
             else:
                 if loop_limit is not None:
-                    n = self._loop.hit(loop_key, loop_limit)
-                    if n > loop_limit:
-                        err = LoopDetected(
-                            pool=self.name,
-                            tool=tool,
-                            arguments=describe_args(args, kwargs),
-                            count=n,
-                            loop_limit=loop_limit,
-                            route=route,
-                        )
+                    err = self._loop_hit(tool, args, kwargs, loop_key, loop_limit, route)
+                    if err is not None:
                         stopped = self
                 if err is None:
                     for p in chain:
@@ -840,6 +832,29 @@ class BudgetPool:
             raise err
         if warns:
             self._emit_warns(warns, route)
+
+    def _loop_hit(
+        self,
+        tool: str,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        loop_key: int,
+        loop_limit: int,
+        route: str | None,
+    ) -> LoopDetected | None:
+        """Count one call of `loop_key` in the run's window (caller holds the lock); the
+        `LoopDetected` refusal when it is one identical call too many."""
+        n = self._loop.hit(loop_key, loop_limit)
+        if n <= loop_limit:
+            return None
+        return LoopDetected(
+            pool=self.name,
+            tool=tool,
+            arguments=describe_args(args, kwargs),
+            count=n,
+            loop_limit=loop_limit,
+            route=route,
+        )
 
     def _admit(
         self,
